@@ -1,0 +1,39 @@
+# Fresh machine: `make dev` runs the gateway for real, `make test` runs the tests.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Pinned in setup.cfg [dev]; generated files must match byte for byte.
+PROTOC := $(BIN)/python -m grpc_tools.protoc
+
+.PHONY: install dev test proto proto-check lint clean
+
+$(BIN)/knowlarity-gateway: setup.cfg pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev,bench]'
+	touch $@
+
+install: $(BIN)/knowlarity-gateway
+	$(BIN)/python -m gateway.localkafka fetch
+
+dev: install
+	$(BIN)/knowlarity-gateway dev
+
+test: install
+	$(BIN)/python -m pytest -q
+
+proto: $(BIN)/knowlarity-gateway
+	rm -f gateway/proto/knowlarity/gateway/v1/*_pb2.py*
+	$(PROTOC) -Iproto --python_out=gateway/proto --pyi_out=gateway/proto \
+		proto/knowlarity/gateway/v1/*.proto
+
+proto-check: proto
+	git diff --exit-code -- gateway/proto
+	test -z "$$(git status --porcelain -- gateway/proto)"
+
+lint: $(BIN)/knowlarity-gateway
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info
