@@ -1,0 +1,63 @@
+"""python -m gateway.localkafka {fetch,start,stop,run}: the local Kafka broker from a shell."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from . import LocalKafka, LocalKafkaError, fetch
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.localkafka", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    fetch_cmd = sub.add_parser("fetch", help="download the broker's jars into the cache (once)")
+    fetch_cmd.add_argument("-v", "--verbose", action="store_true", help="show Maven's output")
+    start = sub.add_parser("start", help="start a broker in the background and print its bootstrap")
+    stop = sub.add_parser("stop", help="stop the broker that `start` left in --data-dir")
+    run = sub.add_parser("run", help="run a broker in the foreground until Ctrl-C or SIGTERM")
+    for cmd in (start, stop):
+        cmd.add_argument("--data-dir", type=Path, default=Path(".kafka"), help="default: ./.kafka")
+    run.add_argument("--data-dir", type=Path, help="default: a temporary dir, removed on exit")
+    for cmd in (start, run):
+        cmd.add_argument("--port", type=int, help="broker port; another free one if unset or taken")
+        cmd.add_argument("--heap-mb", type=int, default=512)
+        cmd.add_argument(
+            "--timeout", type=float, default=90.0, help="seconds to wait for the broker"
+        )
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command == "fetch":
+            print(fetch(quiet=not args.verbose))
+        elif args.command == "start":
+            kafka = LocalKafka(args.data_dir, args.port, args.heap_mb)
+            print(f"kafka: {kafka.start(args.timeout)}", flush=True)
+            # The broker has its own session and outlives us; `stop` finds it by its pid file.
+        elif args.command == "stop":
+            LocalKafka(args.data_dir).stop()
+        else:
+            # SystemExit unwinds through the finally below, which stops the broker.
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            kafka = LocalKafka(args.data_dir, args.port, args.heap_mb)
+            try:
+                print(f"kafka: {kafka.start(args.timeout)}", flush=True)
+                while kafka.running:
+                    time.sleep(0.5)
+                print("localkafka: the broker exited on its own", file=sys.stderr)
+                return 1
+            except KeyboardInterrupt:
+                return 0
+            finally:
+                kafka.stop()
+    except LocalKafkaError as err:
+        print(f"localkafka: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
