@@ -1,0 +1,370 @@
+"""What the echo bot decides, with no I/O: decoded values and the time in, commands out.
+
+``EchoCall`` is one call: it greets, holds each caller chunk until its due time
+(the time the bot received it plus the echo delay), then plays it back byte
+for byte, and decides to hang up on silence or on a too-long call. ``EchoCalls``
+routes records to calls by call id, skips calls whose start it never saw, and
+forgets calls that ended or went quiet. Times are seconds from one monotonic
+clock the caller chooses (the event loop's); nothing here reads a clock.
+
+No aiokafka, asyncio or generated protobuf code is imported here: the Kafka
+shell in ``gateway.bot.echo`` decodes records, calls these methods and
+executes the ``Send`` effects they return.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gateway.core import model as m
+
+GREETING_MARK = "greeting-done"
+
+# The greeting chime: two tones, each with short fades so they do not click.
+_CHIME_TONES_HZ = (660.0, 880.0)
+_CHIME_TONE_S = 0.150
+_CHIME_FADE_S = 0.010
+_CHIME_AMPLITUDE = 0.3  # of full scale, about -13 dBFS RMS
+_FULL_SCALE = 32768.0
+
+
+class PolicyError(ValueError):
+    """A behaviour setting out of range; ``setting`` names it as the operator wrote it."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+        self.reason = message
+
+
+@dataclass(frozen=True)
+class EchoPolicy:
+    """How the echo bot behaves; 0 disables the silence and max-call limits."""
+
+    echo_delay_ms: int = 300
+    silence_dbfs: float = -45.0
+    silence_hangup_s: float = 8.0
+    # Wall time (the bot's monotonic clock) since the bot saw ``started``, not
+    # media time: a caller stream that stalls must still not hold the call open.
+    max_call_s: float = 120.0
+    # A call with no record for this long is forgotten, so a lost ``ended``
+    # never leaks memory.
+    forget_after_s: float = 600.0
+
+    def __post_init__(self) -> None:
+        delay = self.echo_delay_ms
+        if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+            raise PolicyError("echo-delay-ms", f"must be an integer >= 0, got {delay!r}")
+        _check_number("silence-dbfs", self.silence_dbfs, upper=0.0, lower=None)
+        _check_number("silence-hangup-s", self.silence_hangup_s, upper=None, lower=0.0)
+        _check_number("max-call-s", self.max_call_s, upper=None, lower=0.0)
+        _check_number("forget-after-s", self.forget_after_s, upper=None, lower=0.0)
+        if self.forget_after_s == 0:
+            raise PolicyError("forget-after-s", "must be > 0")
+
+    @property
+    def echo_delay_s(self) -> float:
+        return self.echo_delay_ms / 1000.0
+
+    @property
+    def silence_rms(self) -> float:
+        """The RMS (in int16 units) below which a chunk counts as silence."""
+        return _FULL_SCALE * math.pow(10.0, self.silence_dbfs / 20.0)
+
+
+def _check_number(setting: str, value: float, *, upper: float | None,
+                  lower: float | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise PolicyError(setting, f"must be a finite number, got {value!r}")
+    if lower is not None and value < lower:
+        raise PolicyError(setting, f"must be >= {lower:g}, got {value!r}")
+    if upper is not None and value > upper:
+        raise PolicyError(setting, f"must be <= {upper:g}, got {value!r}")
+
+
+# --- effects -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Send:
+    """Produce ``command`` to ``topic``, keyed by its call id; the shell stamps ``sent_at``."""
+
+    topic: str
+    command: m.Command
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something about a call worth one log line at INFO."""
+
+    call_id: str
+    event: str
+    detail: str = ""
+
+
+Effect = Send | Note
+
+
+@dataclass
+class EchoStats:
+    """Running counters; the shell logs them."""
+
+    calls_started: int = 0
+    calls_ended: int = 0
+    calls_forgotten: int = 0
+    duplicate_starts: int = 0
+    bad_starts: int = 0
+    chunks_echoed: int = 0
+    chunks_after_hangup: int = 0
+    records_without_start: int = 0
+    hangups_silence: int = 0
+    hangups_max_call: int = 0
+
+
+# --- audio helpers -----------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=8)
+def chime(sample_rate: int) -> bytes:
+    """The greeting: two 150 ms tones with 10 ms fades, int16 little-endian at ``sample_rate``."""
+    n = round(_CHIME_TONE_S * sample_rate)
+    fade = min(round(_CHIME_FADE_S * sample_rate), n // 2)
+    envelope = np.ones(n)
+    if fade > 0:
+        ramp = np.linspace(0.0, 1.0, fade, endpoint=False)
+        envelope[:fade] = ramp
+        envelope[n - fade:] = ramp[::-1]
+    t = np.arange(n) / sample_rate
+    tones = [np.sin(2 * np.pi * f * t) * envelope for f in _CHIME_TONES_HZ]
+    signal = np.concatenate(tones) * (_CHIME_AMPLITUDE * 32767)
+    return np.round(signal).astype("<i2").tobytes()
+
+
+def rms(pcm: bytes) -> float:
+    """RMS of mono int16 little-endian PCM, in int16 units (a trailing odd byte is ignored)."""
+    usable = len(pcm) - len(pcm) % 2
+    if usable == 0:
+        return 0.0
+    samples = np.frombuffer(pcm, dtype="<i2", count=usable // 2).astype(np.float64)
+    return float(np.sqrt(np.mean(samples * samples)))
+
+
+# --- one call ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Held:
+    due: float
+    pcm: bytes
+    sample_rate: int
+    index: int
+
+
+@dataclass
+class EchoCall:
+    """One call's decisions: greet, echo each chunk after the delay, hang up once."""
+
+    call_id: str
+    reply_topic: str
+    sample_rate: int
+    policy: EchoPolicy
+    started_at: float
+    last_seen: float = 0.0
+    hangup_reason: str | None = None  # set once a hang-up is decided
+    hung_up: bool = False  # set once the HangUp command is emitted
+    _held: deque[_Held] = field(default_factory=deque)
+    _chunks: int = 0
+    _silent_samples: int = 0
+
+    def greeting(self) -> list[m.Command]:
+        return [
+            self._cmd(m.PlayAudio(pcm=chime(self.sample_rate), sample_rate=self.sample_rate),
+                      "greeting"),
+            self._cmd(m.Mark(name=GREETING_MARK), GREETING_MARK),
+        ]
+
+    def on_audio(self, pcm: bytes, sample_rate: int, now: float) -> list[m.Command]:
+        """Hold a caller chunk for echo and update the silence count (in media time)."""
+        self.last_seen = now
+        if self.hangup_reason is not None:
+            return self.tick(now)
+        rate = sample_rate if sample_rate > 0 else self.sample_rate
+        self._held.append(_Held(now + self.policy.echo_delay_s, pcm, rate, self._chunks))
+        self._chunks += 1
+        self._count_silence(pcm, rate)
+        return self.tick(now)
+
+    def tick(self, now: float) -> list[m.Command]:
+        """Release the chunks now due, then the hang-up once nothing decided before it is held."""
+        if self.hangup_reason is None and self.policy.max_call_s > 0 \
+                and now - self.started_at >= self.policy.max_call_s:
+            self.hangup_reason = "max_call"
+        return self._release(now)
+
+    def flush(self) -> list[m.Command]:
+        """Release everything held now, ignoring due times (the bot is stopping)."""
+        return self._release(math.inf)
+
+    def _release(self, until: float) -> list[m.Command]:
+        out: list[m.Command] = []
+        while self._held and self._held[0].due <= until:
+            h = self._held.popleft()
+            out.append(self._cmd(m.PlayAudio(pcm=h.pcm, sample_rate=h.sample_rate),
+                                 f"echo-{h.index}"))
+        if self.hangup_reason is not None and not self._held and not self.hung_up:
+            self.hung_up = True
+            out.append(self._cmd(m.HangUp(), "hangup"))
+        return out
+
+    def next_due(self) -> float | None:
+        """When ``tick`` next has something to do, ignoring the max-call limit."""
+        if self._held:
+            return self._held[0].due
+        return None
+
+    @property
+    def chunks_held(self) -> int:
+        return len(self._held)
+
+    def _count_silence(self, pcm: bytes, rate: int) -> None:
+        if self.policy.silence_hangup_s <= 0:
+            return
+        samples = len(pcm) // 2
+        if rms(pcm) < self.policy.silence_rms:
+            self._silent_samples += samples
+        else:
+            self._silent_samples = 0
+        if self._silent_samples >= max(1, round(self.policy.silence_hangup_s * rate)):
+            self.hangup_reason = "silence"
+
+    def _cmd(self, body: m.CommandBody, command_id: str) -> m.Command:
+        return m.Command(call_id=self.call_id, body=body, command_id=command_id)
+
+
+# --- all calls of one bot ------------------------------------------------------
+
+
+class EchoCalls:
+    """The calls one bot instance holds, by call id; every method returns effects."""
+
+    def __init__(self, policy: EchoPolicy) -> None:
+        self.policy = policy
+        self.stats = EchoStats()
+        self._calls: dict[str, EchoCall] = {}
+        # Calls seen without their ``started`` (the bot joined mid-call), by last
+        # record time: so each is noted once, and forgotten like a live call.
+        self._unknown: dict[str, float] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def __contains__(self, call_id: object) -> bool:
+        return call_id in self._calls
+
+    def get(self, call_id: str) -> EchoCall | None:
+        return self._calls.get(call_id)
+
+    def on_started(self, call_id: str, reply_topic: str, sample_rate: int,
+                   now: float) -> list[Effect]:
+        """Remember the call's reply address and rate, and greet the caller."""
+        if call_id in self._calls:
+            # A redelivered ``started``: greeting twice would be wrong.
+            self.stats.duplicate_starts += 1
+            self._calls[call_id].last_seen = now
+            return [Note(call_id, "duplicate_start")]
+        if not reply_topic or sample_rate <= 0:
+            self.stats.bad_starts += 1
+            self._unknown[call_id] = now
+            return [Note(call_id, "bad_start",
+                         f"reply_topic={reply_topic!r} sample_rate={sample_rate}")]
+        self._unknown.pop(call_id, None)
+        call = EchoCall(call_id=call_id, reply_topic=reply_topic, sample_rate=sample_rate,
+                        policy=self.policy, started_at=now, last_seen=now)
+        self._calls[call_id] = call
+        self.stats.calls_started += 1
+        effects: list[Effect] = [Note(call_id, "call_started",
+                                      f"reply_topic={reply_topic} sample_rate={sample_rate}")]
+        effects.extend(Send(reply_topic, c) for c in call.greeting())
+        return effects
+
+    def on_audio(self, call_id: str, pcm: bytes, sample_rate: int, now: float) -> list[Effect]:
+        """Hold a caller chunk for echo; may decide (and, once the echo is out, send) a hang-up."""
+        call = self._calls.get(call_id)
+        if call is None:
+            return self._without_start(call_id, now)
+        if call.hangup_reason is not None:
+            self.stats.chunks_after_hangup += 1
+        return self._effects(call, call.on_audio(pcm, sample_rate, now))
+
+    def on_other(self, call_id: str, now: float) -> list[Effect]:
+        """A record the bot does not act on (provider event, playback, dropped): keeps it alive."""
+        call = self._calls.get(call_id)
+        if call is None:
+            return self._without_start(call_id, now)
+        call.last_seen = now
+        return []
+
+    def on_ended(self, call_id: str, now: float) -> list[Effect]:
+        """Forget the call; chunks still held are dropped, since nobody can hear them."""
+        self._unknown.pop(call_id, None)
+        call = self._calls.pop(call_id, None)
+        if call is None:
+            self.stats.records_without_start += 1
+            return []
+        self.stats.calls_ended += 1
+        return [Note(call_id, "call_ended", f"dropped_held={call.chunks_held}")]
+
+    def tick(self, now: float) -> list[Effect]:
+        """Release due echoes and hang-ups, and forget calls idle for ``forget_after_s``."""
+        effects: list[Effect] = []
+        for call_id, call in list(self._calls.items()):
+            if now - call.last_seen >= self.policy.forget_after_s:
+                del self._calls[call_id]
+                self.stats.calls_forgotten += 1
+                effects.append(Note(call_id, "call_forgotten",
+                                    f"idle_s={now - call.last_seen:.0f}"))
+                continue
+            commands = call.tick(now)
+            if commands:
+                effects.extend(self._effects(call, commands))
+        for call_id, seen in list(self._unknown.items()):
+            if now - seen >= self.policy.forget_after_s:
+                del self._unknown[call_id]
+        return effects
+
+    def flush(self) -> list[Effect]:
+        """Release every held echo and decided hang-up at once (the bot is stopping)."""
+        effects: list[Effect] = []
+        for call in self._calls.values():
+            effects.extend(self._effects(call, call.flush()))
+        return effects
+
+    def next_due(self) -> float | None:
+        """The earliest time a held echo falls due, if any."""
+        dues = [d for c in self._calls.values() if (d := c.next_due()) is not None]
+        return min(dues, default=None)
+
+    def _without_start(self, call_id: str, now: float) -> list[Effect]:
+        self.stats.records_without_start += 1
+        first = call_id not in self._unknown
+        self._unknown[call_id] = now
+        return [Note(call_id, "skipping_call_without_start")] if first else []
+
+    def _effects(self, call: EchoCall, commands: list[m.Command]) -> list[Effect]:
+        effects: list[Effect] = []
+        for c in commands:
+            if isinstance(c.body, m.PlayAudio):
+                self.stats.chunks_echoed += 1
+            elif isinstance(c.body, m.HangUp):
+                if call.hangup_reason == "silence":
+                    self.stats.hangups_silence += 1
+                else:
+                    self.stats.hangups_max_call += 1
+                effects.append(Note(call.call_id, "hang_up", f"reason={call.hangup_reason}"))
+            effects.append(Send(call.reply_topic, c))
+        return effects
