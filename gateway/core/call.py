@@ -1,0 +1,378 @@
+"""The per-call state machine: one provider socket, from open to call end.
+
+Sans-I/O in the manner of h11: the adapter feeds frames, commands, timer
+firings and the socket's close in; every method returns the effects to carry
+out, in order. All state rules are in this file.
+
+    AWAITING_START --start message--> ACTIVE --hang-up/transfer sent--> ENDING
+          |                              |                                |
+          +---- timeout / bad input -----+-- close / error / shutdown ----+--> ENDED
+
+Guarantee: once CallStarted is published, exactly one CallEnded follows,
+whatever way the call ends. A socket that never sends a valid start message
+gets no records at all (there is no call to speak of), only a close and a log.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from gateway.core import knowlarity as codec
+from gateway.core import model as m
+from gateway.core.errors import CloseCode, ProtocolError, UsageError
+from gateway.core.playout import (
+    BYTES_PER_SAMPLE,
+    Marker,
+    Playout,
+    PlayoutSettings,
+    ReleasedAudio,
+)
+from gateway.core.resample import to_call_rate
+
+
+class State(enum.Enum):
+    AWAITING_START = "awaiting_start"
+    ACTIVE = "active"
+    ENDING = "ending"
+    ENDED = "ended"
+
+
+# Timer names the adapter arms and feeds back through ``on_timer``.
+START_TIMER = "start"
+IDLE_TIMER = "idle"
+ENDING_TIMER = "ending"
+PLAYOUT_TIMER = "playout"
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    start_timeout_s: float = 10.0
+    # After hang-up/transfer, how long the provider has to close the socket.
+    ending_timeout_s: float = 10.0
+    # No frame at all from the provider for this long ends the call (0: off).
+    idle_timeout_s: float = 60.0
+    default_sample_rate: int = 16000
+    content_type: codec.AudioContentType = codec.AudioContentType.WAVE
+    # Send the undocumented killAudio on clear (best effort, see PROTOCOL.md).
+    kill_audio_on_clear: bool = False
+    # Caller audio faster than this multiple of real time (after a grace
+    # allowance) is a flood, not a phone call.
+    max_audio_speed: float = 3.0
+    audio_burst_allowance_s: float = 5.0
+    # Text frames after the start message: a sustained rate above this is a flood.
+    max_text_frames_per_s: float = 20.0
+    text_burst: int = 100
+    playout: PlayoutSettings = field(default_factory=PlayoutSettings)
+
+
+class Call:
+    """One call. Create it when the socket opens; feed it until ``ended``."""
+
+    def __init__(
+        self,
+        settings: CallSettings,
+        *,
+        provisional_id: str,
+        reply_topic: str,
+        request_path: str,
+    ) -> None:
+        self._s = settings
+        self._reply_topic = reply_topic
+        self._request_path = request_path
+        self.call_id = provisional_id
+        self.state = State.AWAITING_START
+        self.sample_rate = 0
+        self.end_reason: m.EndReason | None = None
+        self._record_seq = 0
+        self._audio_seq = 0
+        self._media_samples = 0
+        self._aligner = codec.PcmAligner()
+        self._playout: Playout | None = None
+        self._opened_at = 0.0
+        self._started_at = 0.0
+        self._last_frame_at = 0.0
+        self._text_tokens = float(settings.text_burst)
+        self._text_refill_at = 0.0
+        # What ENDING waits for: the reason to report once the provider closes.
+        self._pending_reason: m.EndReason | None = None
+
+    # --- inputs from the socket ------------------------------------------------
+
+    def opened(self, now: float) -> list[m.Effect]:
+        self._opened_at = self._last_frame_at = now
+        return [m.SetTimer(START_TIMER, self._s.start_timeout_s)]
+
+    def on_text(self, text: str, now: float) -> list[m.Effect]:
+        self._last_frame_at = now
+        try:
+            if self.state is State.AWAITING_START:
+                return self._start(text, now)
+            if self.state in (State.ACTIVE, State.ENDING):
+                self._take_text_token(now)
+                return [self._record(now, m.ProviderEvent(text=text, received_at=now))]
+            return []
+        except ProtocolError as e:
+            return self._fail(e, now)
+
+    def on_binary(self, data: bytes, now: float) -> list[m.Effect]:
+        self._last_frame_at = now
+        if self.state in (State.ACTIVE, State.ENDING):
+            pcm = self._aligner.push(data)
+            if not pcm:
+                # A zero-length frame marks the end of the caller's stream; the
+                # close follows. Nothing to publish.
+                return []
+            samples = len(pcm) // BYTES_PER_SAMPLE
+            chunk = m.CallerAudio(
+                seq=self._audio_seq,
+                media_position_samples=self._media_samples,
+                received_at=now,
+                pcm=pcm,
+                sample_rate=self.sample_rate,
+            )
+            self._audio_seq += 1
+            self._media_samples += samples
+            effects: list[m.Effect] = [self._record(now, chunk)]
+            if self._is_audio_flood(now):
+                effects += self._fail(
+                    ProtocolError("caller audio faster than real time", CloseCode.POLICY_VIOLATION),
+                    now,
+                )
+            return effects
+        if self.state is State.AWAITING_START:
+            return self._fail(
+                ProtocolError("audio before the start message", CloseCode.UNSUPPORTED_DATA), now
+            )
+        return []
+
+    def on_socket_closed(self, code: int | None, clean: bool, now: float) -> list[m.Effect]:
+        """The socket is gone (whoever closed it). Ends the call if still open."""
+        if self.state is State.ENDED:
+            return []
+        if self.state is State.AWAITING_START:
+            self.state = State.ENDED
+            return self._cancel_all()
+        if self.state is State.ENDING and self._pending_reason is not None:
+            reason = self._pending_reason
+            detail = "provider closed after the gateway's request"
+        elif clean:
+            reason, detail = m.EndReason.CALLER_HANGUP, "provider closed the socket"
+        else:
+            reason, detail = m.EndReason.CONNECTION_LOST, "socket dropped without a close handshake"
+        return self._end(reason, detail, code or 0, now, close=None)
+
+    # --- inputs from the node ----------------------------------------------------
+
+    def on_timer(self, name: str, now: float) -> list[m.Effect]:
+        if self.state is State.ENDED:
+            return []
+        if name == START_TIMER and self.state is State.AWAITING_START:
+            self.state = State.ENDED
+            return self._cancel_all() + [
+                m.CloseSocket(CloseCode.START_TIMEOUT, "no start message in time")
+            ]
+        if name == IDLE_TIMER:
+            idle_for = now - self._last_frame_at
+            if idle_for < self._s.idle_timeout_s:
+                return [m.SetTimer(IDLE_TIMER, self._s.idle_timeout_s - idle_for)]
+            return self._end(
+                m.EndReason.IDLE_TIMEOUT,
+                f"no frame from the provider for {idle_for:.1f}s",
+                CloseCode.IDLE_TIMEOUT,
+                now,
+                close="idle timeout",
+            )
+        if name == ENDING_TIMER and self.state is State.ENDING:
+            what = "hang-up" if self._pending_reason is m.EndReason.BOT_HANGUP else "transfer"
+            return self._end(
+                m.EndReason.ENDING_TIMEOUT,
+                f"{what} sent; provider did not close within {self._s.ending_timeout_s:g}s",
+                CloseCode.ENDING_TIMEOUT,
+                now,
+                close=f"{what} not acted on",
+            )
+        if name == PLAYOUT_TIMER:
+            return self._pump(now)
+        return []
+
+    def on_command(self, cmd: m.Command, now: float) -> list[m.Effect]:
+        body = cmd.body
+        if self.state is not State.ACTIVE or self._playout is None:
+            if isinstance(body, m.PlayAudio) and self.state is State.ENDING:
+                return [self._dropped(now, len(body.pcm) // BYTES_PER_SAMPLE, "call is ending")]
+            return []
+        effects: list[m.Effect] = []
+        if isinstance(body, m.PlayAudio):
+            pcm = body.pcm
+            if len(pcm) % BYTES_PER_SAMPLE:
+                pcm = pcm[:-1]
+                effects.append(self._dropped(now, 0, "odd-length PCM: last byte dropped"))
+            try:
+                pcm = to_call_rate(pcm, body.sample_rate, self.sample_rate)
+            except ValueError as e:  # soxr refuses absurd rates
+                return effects + [self._dropped(now, len(pcm) // 2, f"cannot resample: {e}")]
+            refused = self._playout.enqueue_audio(pcm)
+            if refused:
+                effects.append(self._dropped(now, refused, "playout queue full"))
+        elif isinstance(body, m.ClearAudio):
+            dropped, markers = self._playout.clear()
+            effects.append(self._record(now, m.PlaybackEvent(m.PlaybackKind.CLEARED,
+                                                             samples=dropped)))
+            if self._s.kill_audio_on_clear:
+                frame = codec.encode_kill_audio()
+                effects += [m.SendText(frame), self._outbound(
+                    now, m.ControlSent(m.ControlKind.KILL_AUDIO, frame))]
+            for marker in markers:
+                effects += self._release_marker(marker, now)
+                if self.state is not State.ACTIVE:
+                    return effects
+        elif isinstance(body, m.Transfer):
+            try:
+                codec.check_transfer_parameters(body.parameters)
+            except ValueError as e:
+                return [self._record(now, m.CommandRejected(cmd.command_id, str(e)))]
+            self._playout.enqueue_marker(body)
+        elif isinstance(body, m.Mark | m.HangUp):
+            self._playout.enqueue_marker(body)
+        else:  # pragma: no cover - the union is exhaustive
+            raise UsageError(f"unknown command {body!r}")
+        return effects + self._pump(now)
+
+    def end(self, reason: m.EndReason, detail: str, close_code: int,
+            now: float) -> list[m.Effect]:
+        """End the call from the node's side (shutdown, replaced by another socket)."""
+        if self.state is State.ENDED:
+            return []
+        if self.state is State.AWAITING_START:
+            self.state = State.ENDED
+            return self._cancel_all() + [m.CloseSocket(close_code, detail)]
+        return self._end(reason, detail, close_code, now, close=detail)
+
+    @property
+    def ended(self) -> bool:
+        return self.state is State.ENDED
+
+    # --- internals -------------------------------------------------------------
+
+    def _start(self, text: str, now: float) -> list[m.Effect]:
+        start = codec.parse_start(
+            text, fallback_call_id=self.call_id, default_sample_rate=self._s.default_sample_rate
+        )
+        self.call_id = start.call_id
+        self.sample_rate = start.sample_rate
+        self.state = State.ACTIVE
+        self._started_at = now
+        self._text_refill_at = now
+        self._playout = Playout(self._s.playout, start.sample_rate)
+        effects: list[m.Effect] = [
+            m.CancelTimer(START_TIMER),
+            self._record(now, m.CallStarted(start, self._reply_topic, self._request_path)),
+        ]
+        if self._s.idle_timeout_s > 0:
+            effects.append(m.SetTimer(IDLE_TIMER, self._s.idle_timeout_s))
+        return effects
+
+    def _record(self, now: float, body: m.InboundBody) -> m.Publish:
+        rec = m.Inbound(call_id=self.call_id, record_seq=self._record_seq, at=now, body=body)
+        self._record_seq += 1
+        return m.Publish(rec)
+
+    def _outbound(self, now: float, body: m.AudioSent | m.ControlSent) -> m.PublishOutbound:
+        return m.PublishOutbound(m.Outbound(call_id=self.call_id, at=now, body=body))
+
+    def _dropped(self, now: float, samples: int, detail: str) -> m.Publish:
+        return self._record(
+            now, m.PlaybackEvent(m.PlaybackKind.AUDIO_DROPPED, samples=samples, detail=detail)
+        )
+
+    def _pump(self, now: float) -> list[m.Effect]:
+        if self._playout is None or self.state is not State.ACTIVE:
+            return []
+        released, wake = self._playout.pump(now)
+        effects: list[m.Effect] = []
+        for item in released:
+            if isinstance(item, ReleasedAudio):
+                effects.append(m.SendText(codec.encode_play_audio(
+                    item.pcm, self.sample_rate, self._s.content_type)))
+                effects.append(self._outbound(now, m.AudioSent(
+                    item.pcm, self.sample_rate, item.media_position_samples)))
+            else:
+                effects += self._release_marker(item.marker, now)
+                if self.state is not State.ACTIVE:
+                    return effects
+        if wake is not None:
+            effects.append(m.SetTimer(PLAYOUT_TIMER, max(0.0, wake)))
+        return effects
+
+    def _release_marker(self, marker: Marker, now: float) -> list[m.Effect]:
+        if isinstance(marker, m.Mark):
+            return [self._record(now, m.PlaybackEvent(m.PlaybackKind.MARK_REACHED,
+                                                      mark_name=marker.name))]
+        if isinstance(marker, m.HangUp):
+            frame, kind, reason = codec.encode_hang_up(), m.ControlKind.HANG_UP, \
+                m.EndReason.BOT_HANGUP
+        else:
+            frame, kind, reason = codec.encode_transfer(marker.parameters), \
+                m.ControlKind.TRANSFER, m.EndReason.TRANSFERRED
+        self.state = State.ENDING
+        self._pending_reason = reason
+        effects: list[m.Effect] = [
+            m.SendText(frame),
+            self._outbound(now, m.ControlSent(kind, frame)),
+            m.CancelTimer(PLAYOUT_TIMER),
+            m.SetTimer(ENDING_TIMER, self._s.ending_timeout_s),
+        ]
+        effects += self._drop_queue(now, "call is ending")
+        return effects
+
+    def _drop_queue(self, now: float, why: str) -> list[m.Effect]:
+        if self._playout is None:
+            return []
+        dropped, _markers = self._playout.clear()
+        return [self._dropped(now, dropped, why)] if dropped else []
+
+    def _end(self, reason: m.EndReason, detail: str, close_code: int, now: float,
+             close: str | None) -> list[m.Effect]:
+        """Publish the one CallEnded; ``close`` is the reason to close the socket with, if open."""
+        effects = self._drop_queue(now, "call ended")
+        self.state = State.ENDED
+        self.end_reason = reason
+        effects.append(self._record(now, m.CallEnded(
+            reason=reason,
+            detail=detail,
+            close_code=close_code,
+            audio_chunks=self._audio_seq,
+            audio_samples=self._media_samples,
+            duration_ms=int((now - self._started_at) * 1000),
+        )))
+        effects += self._cancel_all()
+        if close is not None:
+            effects.append(m.CloseSocket(close_code, close))
+        return effects
+
+    def _fail(self, err: ProtocolError, now: float) -> list[m.Effect]:
+        if self.state is State.AWAITING_START:
+            self.state = State.ENDED
+            return self._cancel_all() + [m.CloseSocket(err.close_code, err.reason)]
+        return self._end(m.EndReason.PROTOCOL_ERROR, err.reason, err.close_code, now,
+                         close=err.reason)
+
+    def _cancel_all(self) -> list[m.Effect]:
+        return [m.CancelTimer(t) for t in (START_TIMER, IDLE_TIMER, ENDING_TIMER, PLAYOUT_TIMER)]
+
+    def _take_text_token(self, now: float) -> None:
+        s = self._s
+        self._text_tokens = min(
+            float(s.text_burst),
+            self._text_tokens + (now - self._text_refill_at) * s.max_text_frames_per_s,
+        )
+        self._text_refill_at = now
+        if self._text_tokens < 1:
+            raise ProtocolError("text frame flood", CloseCode.POLICY_VIOLATION)
+        self._text_tokens -= 1
+
+    def _is_audio_flood(self, now: float) -> bool:
+        s = self._s
+        media_s = self._media_samples / self.sample_rate
+        return media_s > (now - self._started_at) * s.max_audio_speed + s.audio_burst_allowance_s
