@@ -1,0 +1,244 @@
+"""The node's Kafka side: one producer, one consumer of this node's commands.
+
+Publishing never blocks and never raises: records go into the bounded
+``Outbox`` and one asyncio task moves them into aiokafka. aiokafka's own
+``send`` "queues" a record; "acknowledged" comes later through its future.
+Both failure points are accounted: a record dropped from the outbox, or
+one whose delivery failed, is reported on the bus as RecordsDropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from twisted.logger import Logger
+
+from gateway import records
+from gateway.config import NodeConfig
+from gateway.core import model as m
+from gateway.metrics import Metrics
+from gateway.outbox import Entry, Outbox
+
+log = Logger()
+
+# Records moved from the outbox into aiokafka per wake-up; bounds what is
+# outside the outbox's accounting while the producer blocks.
+_TAKE = 256
+
+
+async def ensure_topics(bootstrap: str, specs: list[tuple[str, int, int]]) -> None:
+    """Create (name, partitions, replication) topics that do not exist yet."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(n, p, r) for n, p, r in specs if n not in existing]
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass  # another node won the race
+    finally:
+        await admin.close()
+
+
+class Bus:
+    def __init__(
+        self,
+        config: NodeConfig,
+        metrics: Metrics,
+        on_command: Callable[[m.Command], None],
+    ) -> None:
+        self._c = config
+        self._metrics = metrics
+        self._on_command = on_command
+        self.outbox = Outbox(config.buffer_bytes)
+        self._wake = asyncio.Event()
+        self._node_id = config.node_id
+        self._producer: AIOKafkaProducer | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # False from a failed delivery until the next success: readiness.
+        self.delivering = False
+
+    # --- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Topics exist, the producer is up and the command consumer is positioned."""
+        c = self._c
+        await ensure_topics(c.kafka, [
+            (c.inbound_topic, c.inbound_partitions, c.replication_factor),
+            (c.outbound_topic, c.inbound_partitions, c.replication_factor),
+            # One partition: a node's commands stay in the order bots sent them.
+            (c.commands_topic, 1, c.replication_factor),
+        ])
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=c.kafka,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=c.linger_ms,
+            client_id=f"kgw-{c.node_id}",
+        )
+        await self._producer.start()
+        self._set_delivering(True)
+        # No consumer group: this node alone reads its topic, and a restarted
+        # node has no calls, so it starts at the end.
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=c.kafka, enable_auto_commit=False, client_id=f"kgw-{c.node_id}-cmd",
+        )
+        await self._consumer.start()
+        tp = TopicPartition(c.commands_topic, 0)
+        self._consumer.assign([tp])
+        await self._consumer.seek_to_end(tp)
+        # Resolve the position now, so a command sent right after the first
+        # CallStarted is not skipped by a late "latest".
+        await self._consumer.position(tp)
+        self._tasks = [
+            asyncio.ensure_future(self._drain_loop()),
+            asyncio.ensure_future(self._command_loop()),
+        ]
+
+    async def stop(self, flush_timeout: float = 10.0) -> None:
+        """Stop reading commands, deliver what is buffered (within the timeout), close."""
+        if self._consumer is not None:
+            self._tasks[1].cancel()
+            await self._consumer.stop()
+        try:
+            await asyncio.wait_for(self._flushed(), flush_timeout)
+        except TimeoutError:
+            log.error("shutdown: {records} records not delivered within {timeout}s",
+                      records=len(self.outbox) + self._in_flight, timeout=flush_timeout)
+        for t in self._tasks:
+            t.cancel()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def _flushed(self) -> None:
+        while len(self.outbox) or self.outbox.has_losses or self._in_flight:
+            self._wake.set()
+            self._idle.clear()
+            await self._idle.wait()
+
+    # --- publishing --------------------------------------------------------------
+
+    def publish(self, rec: m.Inbound) -> None:
+        value = records.encode_inbound(rec, self._node_id)
+        self._put(Entry(self._c.inbound_topic, rec.call_id.encode(), value, rec.call_id,
+                        rec.record_seq, isinstance(rec.body, m.CallerAudio)))
+
+    def publish_outbound(self, rec: m.Outbound) -> None:
+        value = records.encode_outbound(rec, self._node_id)
+        self._put(Entry(self._c.outbound_topic, rec.call_id.encode(), value, rec.call_id))
+
+    def _put(self, entry: Entry) -> None:
+        dropped = self.outbox.put(entry)
+        if dropped:
+            self._metrics.records_dropped.labels("buffer_full").inc(dropped)
+        self._wake.set()
+
+    async def _drain_loop(self) -> None:
+        producer = self._producer
+        assert producer is not None
+        outbox = self.outbox
+        while True:
+            if not len(outbox) and not outbox.has_losses:
+                self._metrics.buffer_records.set(0)
+                self._metrics.buffer_bytes.set(0)
+                if not self._in_flight:
+                    self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            for call_id, loss in outbox.take_losses().items():
+                log.warn("call {call_id}: {records} records lost before reaching Kafka",
+                         call_id=call_id, records=loss.records)
+                note = m.Inbound(call_id, max(loss.last_record_seq, 0), time.time(),
+                                 m.RecordsDropped(loss.records, max(loss.first_record_seq, 0),
+                                                  max(loss.last_record_seq, 0),
+                                                  loss.audio_chunks, loss.topic))
+                await self._send(Entry(self._c.inbound_topic, call_id.encode(),
+                                       records.encode_inbound(note, self._node_id)))
+            for entry in outbox.take(_TAKE):
+                await self._send(entry)
+            self._metrics.buffer_records.set(len(outbox))
+            self._metrics.buffer_bytes.set(outbox.bytes)
+
+    async def _send(self, entry: Entry) -> None:
+        producer = self._producer
+        assert producer is not None
+        queued_at = time.monotonic()
+        try:
+            # Blocks only while aiokafka's own buffer is full (broker away);
+            # meanwhile new records wait in the outbox.
+            fut = await producer.send(entry.topic, entry.value, key=entry.key)
+        except KafkaError as e:
+            self._lost(entry, e)
+            return
+        self._in_flight += 1
+        fut.add_done_callback(lambda f: self._delivered(f, entry, queued_at))
+
+    def _delivered(self, fut: asyncio.Future[object], entry: Entry, queued_at: float) -> None:
+        self._in_flight -= 1
+        if fut.cancelled() or fut.exception() is not None:
+            self._lost(entry, fut.exception() if not fut.cancelled() else None)
+        else:
+            self._metrics.records_produced.inc()
+            self._metrics.produce_latency.observe(time.monotonic() - queued_at)
+            if not self.delivering:
+                self._set_delivering(True)
+        if not self._in_flight:
+            self._wake.set()
+
+    def _lost(self, entry: Entry, err: BaseException | None) -> None:
+        self._metrics.records_dropped.labels("delivery_failed").inc()
+        self._set_delivering(False)
+        log.error("call {call_id}: record to {topic} not delivered: {err!r}",
+                  call_id=entry.call_id, topic=entry.topic, err=err)
+        if entry.call_id:  # loss notes themselves carry none: no loop of notes
+            self.outbox.record_loss(entry)
+            self._wake.set()
+
+    def _set_delivering(self, up: bool) -> None:
+        self.delivering = up
+        self._metrics.kafka_up.set(int(up))
+
+    # --- commands ------------------------------------------------------------------
+
+    async def _command_loop(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None
+        while True:
+            try:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=500)
+            except KafkaError as e:
+                log.error("command consumer: {err!r}; retrying", err=e)
+                await asyncio.sleep(1)
+                continue
+            now = time.time()
+            for msgs in batches.values():
+                for msg in msgs:
+                    self._dispatch(msg.value, now)
+
+    def _dispatch(self, value: bytes | None, now: float) -> None:
+        try:
+            cmd = records.decode_command(value or b"")
+        except records.BadRecord as e:
+            self._metrics.commands.labels("bad_record").inc()
+            log.warn("dropping command: {err}", err=e)
+            return
+        if cmd.sent_at:
+            self._metrics.command_lag.observe(max(0.0, now - cmd.sent_at))
+        try:
+            self._on_command(cmd)
+        except Exception:
+            # A bug handling one command must not stop command delivery for every call.
+            self._metrics.commands.labels("error").inc()
+            log.failure("call {call_id}: command handler failed", call_id=cmd.call_id)

@@ -1,0 +1,96 @@
+"""``knowlarity-gateway``: the entry point, and the only place that installs a reactor."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from gateway.settings import SettingError
+
+
+def install_reactor() -> None:
+    """Twisted on asyncio, so aiokafka and Autobahn share one loop."""
+    from twisted.internet import asyncioreactor
+
+    asyncio.set_event_loop(loop := asyncio.new_event_loop())
+    asyncioreactor.install(loop)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from gateway.config import NodeConfig
+
+    config = NodeConfig.from_args(args)  # fails before any reactor work on a bad setting
+    install_reactor()
+    from twisted.internet import reactor
+    from twisted.logger import Logger
+
+    from gateway.bridge import as_deferred
+    from gateway.logs import start_logging
+    from gateway.node import Node
+
+    start_logging(args.log_format, args.log_level)
+    log = Logger()
+    node = Node(config, reactor)
+    status = {"code": 0}
+
+    def failed(f: object) -> None:
+        log.failure("node failed to start", failure=f)
+        status["code"] = 1
+        reactor.stop()
+
+    def start() -> None:
+        as_deferred(node.start()).addErrback(failed)
+
+    reactor.callWhenRunning(start)
+    # Ctrl-C / SIGTERM stop the reactor; this trigger drains calls first.
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: as_deferred(node.shutdown()))
+    reactor.run()
+    return status["code"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from gateway import dev, simulator
+    from gateway.bot import echo
+    from gateway.config import add_node_arguments
+
+    parser = argparse.ArgumentParser(
+        prog="knowlarity-gateway",
+        description="Knowlarity call-audio WebSockets <-> Apache Kafka gateway",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run a gateway node")
+    add_node_arguments(serve)
+    serve.add_argument("--log-format", choices=("text", "json"), default="text")
+    serve.add_argument("--log-level", choices=("debug", "info", "warn", "error"), default="info")
+    serve.set_defaults(func=_serve)
+
+    bot = sub.add_parser("bot", help="run an example bot")
+    bots = bot.add_subparsers(dest="bot", required=True)
+    echo_p = bots.add_parser("echo", help="greets, echoes the caller, hangs up on silence")
+    echo.add_arguments(echo_p)
+    echo_p.set_defaults(func=echo.run)
+
+    sim = sub.add_parser("simulate", help="place simulated Knowlarity calls")
+    simulator.add_arguments(sim)
+    sim.set_defaults(func=simulator.run)
+
+    dev_p = sub.add_parser("dev", help="local Kafka + gateway + echo bot, in the foreground")
+    dev.add_arguments(dev_p)
+    dev_p.set_defaults(func=dev.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SettingError as e:
+        print(f"knowlarity-gateway: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

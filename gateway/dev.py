@@ -1,0 +1,150 @@
+"""``knowlarity-gateway dev``: a local Kafka, a gateway node and the echo bot.
+
+For a newcomer's first call. Each piece runs as its own process (as in
+production), with its output prefixed here. Ctrl-C or SIGTERM stops them all,
+broker included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+from gateway import localkafka
+
+DEFAULT_PATH = "/vaani/knowlarity/setup-call-streams"
+# Printed by the echo bot once it holds its partitions; dev waits for it.
+BOT_READY_MARK = "event=echo_bot_ready"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--port", type=int, default=8080,
+                   help="WebSocket port (a free one is used if taken)")
+    p.add_argument("--metrics-port", type=int, default=9100,
+                   help="metrics/health port (a free one if taken)")
+    p.add_argument("--kafka-port", type=int, default=9092,
+                   help="Kafka port (a free one if taken)")
+    p.add_argument("--topic-prefix", default="knowlarity")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="broker data (default: a temporary directory, removed on exit)")
+    p.add_argument("--no-bot", action="store_true", help="do not start the echo bot")
+
+
+def _port(preferred: int) -> int:
+    for candidate in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError("no free port")
+
+
+class _Child:
+    """A child process whose output lines are echoed with a prefix and watched."""
+
+    def __init__(self, name: str, argv: list[str], watch: Callable[[str], None] | None = None):
+        self.name = name
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, bufsize=1, start_new_session=True)
+        self._watch = watch
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            print(f"[{self.name}] {line}", end="", flush=True)
+            if self._watch:
+                self._watch(line)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def _wait(what: str, ok: Callable[[], bool], children: list[_Child], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not ok():
+        for c in children:
+            if not c.alive():
+                raise RuntimeError(f"{c.name} exited with {c.proc.returncode} while waiting "
+                                   f"for {what}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
+
+
+def run(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    kafka = localkafka.LocalKafka(data_dir=args.data_dir, port=_port(args.kafka_port))
+    children: list[_Child] = []
+    try:
+        print("starting Kafka (the first run downloads its jars from Maven Central) ...",
+              flush=True)
+        bootstrap = kafka.start()
+        ws_port, metrics_port = _port(args.port), _port(args.metrics_port)
+        py = [sys.executable, "-m", "gateway"]
+        node = _Child("gateway", py + [
+            "serve", "--listen", f"tcp:{ws_port}:interface=127.0.0.1", "--kafka", bootstrap,
+            "--node-id", "dev-node", "--topic-prefix", args.topic_prefix,
+            "--metrics-listen", f"tcp:{metrics_port}:interface=127.0.0.1",
+            "--drain-timeout-s", "2",
+        ])
+        children.append(node)
+        _wait("the gateway", lambda: _ready(f"http://127.0.0.1:{metrics_port}/readyz"),
+              children, 90)
+        if not args.no_bot:
+            bot_ready = threading.Event()
+            bot = _Child("bot", py + ["bot", "echo", "--kafka", bootstrap,
+                                      "--topic-prefix", args.topic_prefix],
+                         watch=lambda line: BOT_READY_MARK in line and bot_ready.set())
+            children.append(bot)
+            _wait("the echo bot", bot_ready.is_set, children, 90)
+        url = f"ws://127.0.0.1:{ws_port}{DEFAULT_PATH}"
+        print(url)
+        print(f"kafka: {bootstrap}")
+        print(f"metrics: http://127.0.0.1:{metrics_port}/metrics")
+        print(f"place a call:  knowlarity-gateway simulate --url {url} --calls 3 --seconds 5",
+              flush=True)
+        while not stop.wait(0.5):
+            for c in children:
+                if not c.alive():
+                    print(f"{c.name} exited with {c.proc.returncode}; stopping", flush=True)
+                    return 1
+        return 0
+    except (RuntimeError, localkafka.LocalKafkaError) as e:
+        print(f"knowlarity-gateway dev: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        print("stopping ...", flush=True)
+        for c in reversed(children):
+            c.stop()
+        kafka.stop()
+        print("stopped", flush=True)

@@ -1,0 +1,45 @@
+"""Prometheus metrics of one node, in their own registry so tests can read them."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.live_calls = Gauge("kgw_live_calls", "calls with an open provider socket", registry=r)
+        self.calls_started = Counter("kgw_calls_started", "calls that sent a valid start message",
+                                     registry=r)
+        self.calls_ended = Counter("kgw_calls_ended", "calls ended, by reason", ["reason"],
+                                   registry=r)
+        self.sockets_refused = Counter("kgw_sockets_refused",
+                                       "handshakes refused (path, auth, draining)", ["why"],
+                                       registry=r)
+        self.sockets_closed_unstarted = Counter(
+            "kgw_sockets_closed_unstarted", "sockets closed before a valid start message",
+            registry=r)
+        self.frames_in = Counter("kgw_frames_in", "frames from the provider", ["kind"], registry=r)
+        self.bytes_in = Counter("kgw_bytes_in", "payload bytes from the provider", registry=r)
+        self.frames_out = Counter("kgw_frames_out", "frames to the provider", registry=r)
+        self.bytes_out = Counter("kgw_bytes_out", "payload bytes to the provider", registry=r)
+        self.records_produced = Counter("kgw_records_produced", "records acknowledged by Kafka",
+                                        registry=r)
+        self.records_dropped = Counter(
+            "kgw_records_dropped", "records that never reached Kafka (each reported on the bus)",
+            ["why"], registry=r)
+        self.buffer_records = Gauge("kgw_buffer_records", "records waiting for the producer",
+                                    registry=r)
+        self.buffer_bytes = Gauge("kgw_buffer_bytes", "bytes waiting for the producer",
+                                  registry=r)
+        self.produce_latency = Histogram(
+            "kgw_produce_latency_seconds", "record handed to the bus to acknowledged by Kafka",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.command_lag = Histogram(
+            "kgw_command_lag_seconds", "command produced by a bot to received by the node",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.commands = Counter("kgw_commands", "commands received, by outcome", ["outcome"],
+                                registry=r)
+        self.kafka_up = Gauge("kgw_kafka_up", "1 while the producer is delivering", registry=r)

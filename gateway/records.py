@@ -1,0 +1,200 @@
+"""Translation between core values and the protobuf records on the bus.
+
+The only module that imports generated ``*_pb2`` code. Times cross as
+microseconds since the epoch.
+"""
+
+from __future__ import annotations
+
+import json
+
+from gateway.core import model as m
+from gateway.proto.knowlarity.gateway.v1 import command_pb2, inbound_pb2, outbound_pb2
+
+_END_REASON = {r: inbound_pb2.EndReason.Value("END_REASON_" + r.name) for r in m.EndReason}
+_END_REASON_BACK = {v: k for k, v in _END_REASON.items()}
+_PLAYBACK = {k: inbound_pb2.PlaybackEventKind.Value("PLAYBACK_EVENT_KIND_" + k.name)
+             for k in m.PlaybackKind}
+_PLAYBACK_BACK = {v: k for k, v in _PLAYBACK.items()}
+_DIRECTION = {d: inbound_pb2.CallDirection.Value("CALL_DIRECTION_" + d.name) for d in m.Direction}
+_DIRECTION_BACK = {v: k for k, v in _DIRECTION.items()}
+_CONTROL = {k: outbound_pb2.ControlKind.Value("CONTROL_KIND_" + k.name) for k in m.ControlKind}
+
+
+class BadRecord(ValueError):
+    """A record from the bus that cannot be understood; the caller counts and drops it."""
+
+
+def us(t: float) -> int:
+    return int(t * 1_000_000)
+
+
+def seconds(t_us: int) -> float:
+    return t_us / 1_000_000
+
+
+# --- inbound -----------------------------------------------------------------
+
+
+def inbound_to_proto(rec: m.Inbound, node_id: str) -> inbound_pb2.InboundRecord:
+    out = inbound_pb2.InboundRecord(
+        call_id=rec.call_id, node_id=node_id, time_unix_us=us(rec.at), record_seq=rec.record_seq
+    )
+    body = rec.body
+    if isinstance(body, m.CallerAudio):
+        a = out.audio
+        a.seq = body.seq
+        a.media_position_samples = body.media_position_samples
+        a.received_unix_us = us(body.received_at)
+        a.pcm = body.pcm
+        a.sample_rate = body.sample_rate
+    elif isinstance(body, m.CallStarted):
+        s = body.start
+        out.started.CopyFrom(inbound_pb2.CallStarted(
+            reply_topic=body.reply_topic,
+            sample_rate=s.sample_rate,
+            caller=s.caller,
+            callee=s.callee,
+            direction=_DIRECTION[s.direction],
+            provider_campaign=s.provider_campaign,
+            provider_fields_json=json.dumps(s.fields, separators=(",", ":"), default=str),
+            raw_start_message=s.raw,
+            request_path=body.request_path,
+            start_message_shape=s.shape,
+        ))
+    elif isinstance(body, m.ProviderEvent):
+        out.provider_event.text = body.text
+        out.provider_event.received_unix_us = us(body.received_at)
+    elif isinstance(body, m.PlaybackEvent):
+        out.playback.CopyFrom(inbound_pb2.PlaybackEvent(
+            kind=_PLAYBACK[body.kind], mark_name=body.mark_name,
+            samples=body.samples, detail=body.detail,
+        ))
+    elif isinstance(body, m.CallEnded):
+        out.ended.CopyFrom(inbound_pb2.CallEnded(
+            reason=_END_REASON[body.reason], detail=body.detail, close_code=body.close_code,
+            audio_chunks=body.audio_chunks, audio_samples=body.audio_samples,
+            duration_ms=body.duration_ms,
+        ))
+    elif isinstance(body, m.RecordsDropped):
+        out.dropped.CopyFrom(inbound_pb2.RecordsDropped(
+            records=body.records, first_record_seq=body.first_record_seq,
+            last_record_seq=body.last_record_seq, audio_chunks=body.audio_chunks,
+            topic=body.topic,
+        ))
+    elif isinstance(body, m.CommandRejected):
+        out.command_rejected.command_id = body.command_id
+        out.command_rejected.reason = body.reason
+    else:  # pragma: no cover - the union above is exhaustive
+        raise TypeError(f"unknown inbound body {type(body).__name__}")
+    return out
+
+
+def encode_inbound(rec: m.Inbound, node_id: str) -> bytes:
+    return inbound_to_proto(rec, node_id).SerializeToString()
+
+
+def decode_inbound(data: bytes) -> inbound_pb2.InboundRecord:
+    """Bots read the protobuf directly; this only wraps the parse error."""
+    rec = inbound_pb2.InboundRecord()
+    try:
+        rec.ParseFromString(data)
+    except Exception as e:  # protobuf raises DecodeError, a bare Exception subclass
+        raise BadRecord(f"undecodable inbound record: {e}") from e
+    return rec
+
+
+def end_reason(rec: inbound_pb2.InboundRecord) -> m.EndReason | None:
+    return _END_REASON_BACK.get(rec.ended.reason)
+
+
+def playback_kind(rec: inbound_pb2.InboundRecord) -> m.PlaybackKind | None:
+    return _PLAYBACK_BACK.get(rec.playback.kind)
+
+
+def direction(rec: inbound_pb2.InboundRecord) -> m.Direction:
+    return _DIRECTION_BACK.get(rec.started.direction, m.Direction.UNSPECIFIED)
+
+
+# --- commands ----------------------------------------------------------------
+
+
+def command_to_proto(cmd: m.Command) -> command_pb2.Command:
+    out = command_pb2.Command(call_id=cmd.call_id, command_id=cmd.command_id,
+                              sent_unix_us=us(cmd.sent_at))
+    body = cmd.body
+    if isinstance(body, m.PlayAudio):
+        out.play.pcm = body.pcm
+        out.play.sample_rate = body.sample_rate
+    elif isinstance(body, m.ClearAudio):
+        out.clear.SetInParent()
+    elif isinstance(body, m.Mark):
+        out.mark.name = body.name
+    elif isinstance(body, m.HangUp):
+        out.hang_up.SetInParent()
+    elif isinstance(body, m.Transfer):
+        out.transfer.SetInParent()
+        for k, v in body.parameters:
+            out.transfer.parameters.add(key=k, value=v)
+    else:  # pragma: no cover
+        raise TypeError(f"unknown command body {type(body).__name__}")
+    return out
+
+
+def encode_command(cmd: m.Command) -> bytes:
+    return command_to_proto(cmd).SerializeToString()
+
+
+def decode_command(data: bytes) -> m.Command:
+    """Parse a command from the bus; raises BadRecord for anything unusable."""
+    pb = command_pb2.Command()
+    try:
+        pb.ParseFromString(data)
+    except Exception as e:
+        raise BadRecord(f"undecodable command: {e}") from e
+    if not pb.call_id:
+        raise BadRecord("command without call_id")
+    kind = pb.WhichOneof("body")
+    body: m.CommandBody
+    if kind == "play":
+        if pb.play.sample_rate <= 0:
+            raise BadRecord("play command without sample_rate")
+        body = m.PlayAudio(pcm=pb.play.pcm, sample_rate=pb.play.sample_rate)
+    elif kind == "clear":
+        body = m.ClearAudio()
+    elif kind == "mark":
+        body = m.Mark(name=pb.mark.name)
+    elif kind == "hang_up":
+        body = m.HangUp()
+    elif kind == "transfer":
+        body = m.Transfer(tuple((p.key, p.value) for p in pb.transfer.parameters))
+    else:
+        raise BadRecord(f"command with no known body ({kind!r})")
+    return m.Command(call_id=pb.call_id, body=body, command_id=pb.command_id,
+                     sent_at=seconds(pb.sent_unix_us))
+
+
+# --- outbound audit ------------------------------------------------------------
+
+
+def encode_outbound(rec: m.Outbound, node_id: str) -> bytes:
+    out = outbound_pb2.OutboundRecord(call_id=rec.call_id, node_id=node_id,
+                                      sent_unix_us=us(rec.at))
+    body = rec.body
+    if isinstance(body, m.AudioSent):
+        out.audio.pcm = body.pcm
+        out.audio.sample_rate = body.sample_rate
+        out.audio.media_position_samples = body.media_position_samples
+    else:
+        out.control.kind = _CONTROL[body.kind]
+        out.control.frame = body.frame
+    return out.SerializeToString()
+
+
+def decode_outbound(data: bytes) -> outbound_pb2.OutboundRecord:
+    rec = outbound_pb2.OutboundRecord()
+    try:
+        rec.ParseFromString(data)
+    except Exception as e:
+        raise BadRecord(f"undecodable outbound record: {e}") from e
+    return rec

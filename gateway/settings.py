@@ -1,0 +1,108 @@
+"""Table-driven settings: each one a flag, an environment variable and a parser.
+
+Why a table: the command line, the environment and the README's
+configuration table must never disagree, and a bad value must fail at start
+naming the setting (flag and variable), not deep inside a call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class SettingError(ValueError):
+    """A setting has a value the gateway cannot use; the message names it."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str  # attribute name on the parsed namespace / config object
+    env: str
+    default: Any
+    help: str
+    parse: Callable[[str], Any] = str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def boolean(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value <= 0:
+            raise ValueError(f"must be > 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def non_negative(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if value < 0:
+            raise ValueError(f"must be >= 0, got {text!r}")
+        return value
+
+    return parse
+
+
+def choice(*options: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in options:
+            raise ValueError(f"must be one of {', '.join(options)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def add_settings(parser: argparse.ArgumentParser, table: Sequence[Setting]) -> None:
+    """Flags default to None so that ``resolve`` can tell 'not given' from a value."""
+    for s in table:
+        parser.add_argument(
+            s.flag, dest=s.name, default=None, metavar=s.env,
+            help=f"{s.help} (env {s.env}, default {s.default!r})",
+        )
+
+
+def resolve(
+    args: argparse.Namespace, table: Sequence[Setting], env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Flag, else environment, else default; every value parsed and checked."""
+    env = os.environ if env is None else env
+    out: dict[str, Any] = {}
+    for s in table:
+        given = getattr(args, s.name, None)
+        if given is not None:
+            raw, source = given, s.flag
+        elif s.env in env:
+            raw, source = env[s.env], s.env
+        else:
+            out[s.name] = s.default
+            continue
+        try:
+            out[s.name] = s.parse(raw)
+        except ValueError as e:
+            raise SettingError(f"bad value for {s.flag} / {s.env} (from {source}): {e}") from None
+    return out
+
+
+def markdown_table(table: Sequence[Setting]) -> str:
+    """The README's configuration table, generated so it cannot drift."""
+    rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    for s in table:
+        rows.append(f"| `{s.flag}` | `{s.env}` | `{s.default}` | {s.help} |")
+    return "\n".join(rows)

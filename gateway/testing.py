@@ -1,0 +1,129 @@
+"""Test doubles and harness pieces shipped with the product (as ``treq.testing`` is).
+
+For the project's own end-to-end tests and benchmarks, and for bot authors
+who want to test against a real broker: a reader of the inbound topic that
+groups records by call, and a sender of commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from gateway import records, topics
+from gateway.core import model as m
+
+
+class TopicReader:
+    """Reads a topic of call records from the beginning, every partition, no group.
+
+    ``InboundReader`` and ``OutboundReader`` below pick the topic and decoder.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, decode: Callable[[bytes], Any]) -> None:
+        self._bootstrap = bootstrap
+        self.topic = topic
+        self._decode = decode
+        self.by_call: dict[str, list[Any]] = defaultdict(list)
+        # (record, wall time it was read) in arrival order, for latency figures.
+        self.arrivals: list[tuple[Any, float]] = []
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    async def start(self) -> None:
+        c = self._consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap,
+                                              enable_auto_commit=False)
+        await c.start()
+        parts = c.partitions_for_topic(self.topic)
+        deadline = time.monotonic() + 30
+        while not parts:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {self.topic} does not exist")
+            await asyncio.sleep(0.2)
+            await c._client.force_metadata_update()
+            parts = c.partitions_for_topic(self.topic)
+        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        self._task = asyncio.ensure_future(self._loop())
+
+    async def _loop(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200)
+            now = time.time()
+            for msgs in batches.values():
+                for msg in msgs:
+                    rec = self._decode(msg.value)
+                    self.by_call[rec.call_id].append(rec)
+                    self.arrivals.append((rec, now))
+            if batches:
+                self._changed.set()
+
+    async def wait_for(self, done: Callable[[TopicReader], bool], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not done(self):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("condition on the inbound topic not met in time")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+
+class InboundReader(TopicReader):
+    """Caller audio and call events: ``<prefix>.calls.inbound``."""
+
+    def __init__(self, bootstrap: str, prefix: str) -> None:
+        super().__init__(bootstrap, topics.inbound_topic(prefix), records.decode_inbound)
+
+    def ended(self, call_id: str) -> Any | None:
+        """The call's CallEnded record, if read yet."""
+        for rec in self.by_call.get(call_id, ()):
+            if rec.WhichOneof("body") == "ended":
+                return rec
+        return None
+
+    def started_calls(self) -> list[Any]:
+        return [recs[0] for recs in self.by_call.values()
+                if recs and recs[0].WhichOneof("body") == "started"]
+
+
+class OutboundReader(TopicReader):
+    """What nodes sent to the provider: ``<prefix>.calls.outbound``."""
+
+    def __init__(self, bootstrap: str, prefix: str) -> None:
+        super().__init__(bootstrap, topics.outbound_topic(prefix), records.decode_outbound)
+
+
+class CommandSender:
+    """Sends commands the way a bot does: to the call's reply topic, keyed by call id."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                          enable_idempotence=True, linger_ms=0)
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def send(self, reply_topic: str, call_id: str, body: m.CommandBody) -> None:
+        cmd = m.Command(call_id=call_id, body=body, sent_at=time.time())
+        await self._producer.send_and_wait(reply_topic, records.encode_command(cmd),
+                                           key=call_id.encode())
+
+    async def stop(self) -> None:
+        await self._producer.stop()
