@@ -20,7 +20,7 @@ dev: install
 	$(BIN)/knowlarity-gateway dev
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 proto: $(BIN)/knowlarity-gateway
 	rm -f gateway/proto/knowlarity/gateway/v1/*_pb2.py*
