@@ -22,7 +22,8 @@ class SettingError(ValueError):
 class Setting:
     name: str  # attribute name on the parsed namespace / config object
     env: str
-    default: Any
+    # As a user would write it; parsed like any given value.
+    default: str
     help: str
     parse: Callable[[str], Any] = str
 
@@ -91,8 +92,7 @@ def resolve(
         elif s.env in env:
             raw, source = env[s.env], s.env
         else:
-            out[s.name] = s.default
-            continue
+            raw, source = s.default, "the default"
         try:
             out[s.name] = s.parse(raw)
         except ValueError as e:
@@ -104,5 +104,6 @@ def markdown_table(table: Sequence[Setting]) -> str:
     """The README's configuration table, generated so it cannot drift."""
     rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
     for s in table:
-        rows.append(f"| `{s.flag}` | `{s.env}` | `{s.default}` | {s.help} |")
+        shown = f"`{s.default}`" if s.default else "(empty)"
+        rows.append(f"| `{s.flag}` | `{s.env}` | {shown} | {s.help} |")
     return "\n".join(rows)
