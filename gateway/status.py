@@ -29,11 +29,16 @@ class _Check(Resource):
         return b"ok\n" if ok else b"not ready\n"
 
 
+class _QuietSite(Site):
+    def log(self, request: Request) -> None:
+        """Scrapes every few seconds would drown the call log; no access log here."""
+
+
 def status_site(node: Node) -> Site:
     root = Resource()
     root.putChild(b"metrics", MetricsResource(registry=node.metrics.registry))
     root.putChild(b"healthz", _Check(node, ready=False))
     root.putChild(b"readyz", _Check(node, ready=True))
-    site = Site(root)
+    site = _QuietSite(root)
     site.noisy = False
     return site

@@ -1,0 +1,68 @@
+"""A broker outage during a call: the call goes on, and every lost record is reported."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Iterator
+from dataclasses import replace
+
+import pytest
+from test_end_to_end import in_twisted, node_config, reading, running_node, simulate, url_of
+
+from gateway.core import model as m
+from gateway.localkafka import LocalKafka
+from gateway.records import end_reason
+from gateway.testing import InboundReader
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def pausable_kafka() -> Iterator[LocalKafka]:
+    """A broker of this test's own, since it will be frozen (SIGSTOP) for a while."""
+    kafka = LocalKafka()
+    kafka.start()
+    yield kafka
+    if kafka.pid:
+        os.kill(kafka.pid, signal.SIGCONT)
+    kafka.stop()
+
+
+@in_twisted
+async def test_outage_keeps_the_call_and_reports_dropped_records(
+        pausable_kafka: LocalKafka, topic_prefix: str) -> None:
+    """While the broker is frozen the call continues; records beyond the node's buffer are
+    dropped oldest-first and a RecordsDropped record covers exactly the missing sequence
+    numbers, the rest arrive in order, and the call still ends once."""
+    kafka = pausable_kafka
+    config = replace(node_config(kafka.bootstrap, topic_prefix), buffer_bytes=40_000)
+    async with running_node(config) as node:
+        sim = asyncio.ensure_future(simulate(url_of(node), ["--seconds", "12", "--linger", "0"]))
+        await asyncio.sleep(3)
+        os.kill(kafka.pid, signal.SIGSTOP)
+        await asyncio.sleep(6)
+        os.kill(kafka.pid, signal.SIGCONT)
+        result = await sim
+        (call,) = result["calls"]
+        assert call["ended"] == "caller_hangup"
+        dropped_metric = node.metrics.records_dropped.labels("buffer_full")._value.get()
+        assert dropped_metric > 0, "the outage was long enough to overflow a 40 kB buffer"
+
+    async with reading(InboundReader(kafka.bootstrap, topic_prefix)) as inbound:
+        call_id = call["call_id"]
+        await inbound.wait_for(lambda r: r.ended(call_id) is not None, timeout=60)
+        recs = inbound.by_call[call_id]
+        drops = [r.dropped for r in recs if r.WhichOneof("body") == "dropped"]
+        delivered = {r.record_seq for r in recs if r.WhichOneof("body") != "dropped"}
+        reported = {s for d in drops for s in range(d.first_record_seq, d.last_record_seq + 1)}
+        last = recs[-1].record_seq
+        assert end_reason(recs[-1]) is m.EndReason.CALLER_HANGUP
+        assert sum(d.records for d in drops) == dropped_metric
+        # Every sequence number is either delivered or reported lost, never both.
+        assert delivered | reported == set(range(last + 1))
+        assert not delivered & reported
+        # Delivered records keep their order.
+        seqs = [r.record_seq for r in recs if r.WhichOneof("body") != "dropped"]
+        assert seqs == sorted(seqs)
