@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import math
 import re
 import socket
 from collections.abc import Mapping
@@ -32,6 +33,14 @@ def _default_node_id() -> str:
 
 def _node_id(text: str) -> str:
     return topics.check_name_part("node id", text or _default_node_id())
+
+
+def _finite(text: str) -> float:
+    # float() takes "nan" and "inf"; NaN passes every "> 0" check and poisons timers.
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {text!r}")
+    return value
 
 
 def _paths(text: str) -> tuple[str, ...]:
@@ -68,12 +77,12 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("max_frame_bytes", "KGW_MAX_FRAME_BYTES", "65536",
             "largest frame accepted from the provider (closed with 1009 above)", positive(int)),
     Setting("start_timeout_s", "KGW_START_TIMEOUT_S", "10",
-            "time the provider has to send the start message", positive(float)),
+            "time the provider has to send the start message", positive(_finite)),
     Setting("ending_timeout_s", "KGW_ENDING_TIMEOUT_S", "10",
-            "time the provider has to close after a hang-up/transfer", positive(float)),
+            "time the provider has to close after a hang-up/transfer", positive(_finite)),
     Setting("idle_timeout_s", "KGW_IDLE_TIMEOUT_S", "60",
             "end a call after this long without any frame from the provider (0: never)",
-            non_negative(float)),
+            non_negative(_finite)),
     Setting("audio_content_type", "KGW_AUDIO_CONTENT_TYPE", "wave",
             "playAudio encoding: wave (documented) or raw", choice("wave", "raw")),
     Setting("kill_audio_on_clear", "KGW_KILL_AUDIO_ON_CLEAR", "false",
@@ -98,7 +107,7 @@ NODE_SETTINGS: tuple[Setting, ...] = (
             "replication factor when the node creates topics", positive(int)),
     Setting("drain_timeout_s", "KGW_DRAIN_TIMEOUT_S", "30",
             "on shutdown, how long live calls may go on before they are ended",
-            non_negative(float)),
+            non_negative(_finite)),
 )
 
 

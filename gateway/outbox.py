@@ -39,7 +39,9 @@ class Loss:
     def add(self, e: Entry) -> None:
         self.records += 1
         if e.record_seq >= 0:
-            if self.first_record_seq < 0:
+            # min, not "first seen": a delivery failure of an older record can be
+            # noted after newer ones were dropped from the buffer.
+            if self.first_record_seq < 0 or e.record_seq < self.first_record_seq:
                 self.first_record_seq = e.record_seq
             self.last_record_seq = max(self.last_record_seq, e.record_seq)
         self.audio_chunks += int(e.is_audio)

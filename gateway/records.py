@@ -26,7 +26,8 @@ class BadRecord(ValueError):
 
 
 def us(t: float) -> int:
-    return int(t * 1_000_000)
+    # round, not int(): 1.000001 * 1e6 is 1000000.9999999999, which int() truncates.
+    return round(t * 1_000_000)
 
 
 def seconds(t_us: int) -> float:

@@ -208,6 +208,12 @@ class Call:
             if len(pcm) % BYTES_PER_SAMPLE:
                 pcm = pcm[:-1]
                 effects.append(self._dropped(now, 0, "odd-length PCM: last byte dropped"))
+            # Refuse what cannot fit before resampling it: a bot that writes 16 for
+            # 16 kHz would otherwise have the reactor build 1000 times its audio first.
+            if body.sample_rate > 0:  # soxr refuses the rest, below
+                resampled = len(pcm) // BYTES_PER_SAMPLE * self.sample_rate // body.sample_rate
+                if resampled > self._playout.free_samples:
+                    return effects + [self._dropped(now, resampled, "playout queue full")]
             try:
                 pcm = to_call_rate(pcm, body.sample_rate, self.sample_rate)
             except ValueError as e:  # soxr refuses absurd rates
@@ -344,7 +350,8 @@ class Call:
             close_code=close_code,
             audio_chunks=self._audio_seq,
             audio_samples=self._media_samples,
-            duration_ms=int((now - self._started_at) * 1000),
+            # max: a wall clock stepped back must not give a negative (unsendable) duration.
+            duration_ms=max(0, int((now - self._started_at) * 1000)),
         )))
         effects += self._cancel_all()
         if close is not None:

@@ -73,6 +73,11 @@ class Playout:
     def released_samples(self) -> int:
         return self._released_samples
 
+    @property
+    def free_samples(self) -> int:
+        """How much more audio the queue takes before ``enqueue_audio`` refuses it."""
+        return self._max_samples - self._queued_samples
+
     def enqueue_audio(self, pcm: bytes) -> int:
         """Queue sample-aligned PCM at the call's rate; returns samples refused (queue full)."""
         samples = len(pcm) // BYTES_PER_SAMPLE

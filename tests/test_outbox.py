@@ -1,0 +1,130 @@
+"""The node's bounded record buffer: oldest dropped first, every loss accounted per call."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.outbox import Entry, Loss, Outbox
+
+IN = "knowlarity.calls.inbound"
+OUT = "knowlarity.calls.outbound"
+
+
+def _e(size: int, call_id: str = "", seq: int = -1, audio: bool = False,
+       topic: str = IN, tag: str = "") -> Entry:
+    # The tag goes in the key so that entries of equal size stay distinguishable.
+    return Entry(topic, (tag or call_id).encode(), b"." * size, call_id, seq, audio)
+
+
+def test_put_under_the_limit_keeps_everything():
+    """Records that fit are all kept, counted by number and bytes, and nothing is dropped."""
+    box = Outbox(max_bytes=100)
+    assert [box.put(_e(n)) for n in (10, 20, 30)] == [0, 0, 0]
+    assert (len(box), box.bytes, box.dropped_total, box.has_losses) == (3, 60, 0, False)
+
+
+@pytest.mark.parametrize(
+    ("max_bytes", "sizes", "drops", "kept", "kept_bytes"),
+    [
+        (10, [4, 4, 4], [0, 0, 1], [1, 2], 8),
+        (10, [3, 3, 3, 9], [0, 0, 0, 3], [3], 9),
+        (10, [5, 5], [0, 0], [0, 1], 10),
+        (10, [20], [0], [0], 20),
+        (10, [20, 1], [0, 1], [1], 1),
+        (10, [2, 2, 20], [0, 0, 2], [2], 20),
+    ],
+)
+def test_put_drops_oldest_records_until_the_bytes_fit(max_bytes, sizes, drops, kept, kept_bytes):
+    """Over the byte limit, the oldest records go first; the newest is always kept."""
+    box = Outbox(max_bytes)
+    entries = [_e(n, tag=f"r{i}") for i, n in enumerate(sizes)]
+    assert [box.put(e) for e in entries] == drops
+    assert box.bytes == kept_bytes
+    assert box.dropped_total == sum(drops)
+    assert box.take(100) == [entries[i] for i in kept]
+
+
+def test_take_returns_oldest_first_up_to_the_limit():
+    """take(n) removes and returns at most n records, oldest first, and frees their bytes."""
+    box = Outbox(1000)
+    entries = [_e(10, "c", i, tag=f"r{i}") for i in range(5)]
+    for e in entries:
+        box.put(e)
+    assert box.take(2) == entries[:2]
+    assert (len(box), box.bytes) == (3, 30)
+    assert box.take(10) == entries[2:]
+    assert (len(box), box.bytes) == (0, 0)
+    assert box.take(10) == []
+
+
+def test_losses_are_accounted_per_call_in_the_order_they_happened():
+    """Each call's dropped records are summed: count, first/last record_seq, audio chunks, topic."""
+    box = Outbox(max_bytes=30)
+    box.put(_e(10, "b", 0))
+    box.put(_e(10, "a", 0))
+    box.put(_e(10, "a", 1, audio=True))
+    box.put(_e(10, "b", 1, audio=True))  # drops b/0
+    box.put(_e(10, "a", 2, audio=True))  # drops a/0
+    box.put(_e(10))  # drops a/1
+    box.put(_e(10, "b", 2))  # drops b/1
+    losses = box.take_losses()
+    assert list(losses) == ["b", "a"]
+    assert losses["b"] == Loss(topic=IN, records=2, first_record_seq=0, last_record_seq=1,
+                               audio_chunks=1)
+    assert losses["a"] == Loss(topic=IN, records=2, first_record_seq=0, last_record_seq=1,
+                               audio_chunks=1)
+    assert box.dropped_total == 4
+
+
+def test_records_outside_any_call_are_counted_but_not_reported_per_call():
+    """A dropped record with no call id raises the total but creates no per-call loss."""
+    box = Outbox(max_bytes=10)
+    box.put(_e(10))
+    box.put(_e(10))
+    assert box.dropped_total == 1
+    assert not box.has_losses
+    assert box.take_losses() == {}
+
+
+def test_take_losses_hands_them_over_once():
+    """take_losses returns the losses noted so far and starts afresh."""
+    box = Outbox(max_bytes=10)
+    box.put(_e(10, "a", 0))
+    box.put(_e(10, "a", 1))
+    assert box.has_losses
+    assert list(box.take_losses()) == ["a"]
+    assert not box.has_losses
+    assert box.take_losses() == {}
+    box.put(_e(10, "a", 2))  # drops a/1 again: a new loss, counted from scratch
+    assert box.take_losses() == {"a": Loss(IN, 1, 1, 1, 0)}
+
+
+def test_record_loss_of_a_delivery_failure_leaves_the_buffer_bytes_alone():
+    """A record lost after leaving the buffer is accounted without changing the buffer's bytes."""
+    box = Outbox(max_bytes=100)
+    box.put(_e(10, "a", 0))
+    (taken,) = box.take(1)
+    box.put(_e(10, "a", 1))
+    box.record_loss(taken)
+    assert (len(box), box.bytes, box.dropped_total) == (1, 10, 1)
+    assert box.take_losses() == {"a": Loss(IN, 1, 0, 0, 0)}
+
+
+def test_first_record_seq_is_the_lowest_even_when_losses_arrive_out_of_order():
+    """An older record whose delivery fails after newer ones were dropped still sets first_seq."""
+    box = Outbox(max_bytes=20)
+    box.put(_e(10, "a", 3))
+    (in_flight,) = box.take(1)  # a/3 handed to the producer
+    for seq in (4, 5, 6):
+        box.put(_e(10, "a", seq))  # a/4 dropped to make room for a/6
+    box.record_loss(in_flight)  # then a/3 fails delivery
+    assert box.take_losses() == {"a": Loss(IN, 2, 3, 4, 0)}
+
+
+def test_losses_of_records_without_a_sequence_count_but_leave_the_range_alone():
+    """Records with record_seq -1 (outbound audit) add to the count, not to first/last seq."""
+    box = Outbox(max_bytes=10)
+    box.put(_e(10, "a", -1, topic=OUT))
+    box.put(_e(10, "a", -1, topic=OUT))
+    box.put(_e(10))
+    assert box.take_losses() == {"a": Loss(OUT, 2, -1, -1, 0)}
