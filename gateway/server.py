@@ -130,7 +130,9 @@ class ProviderProtocol(WebSocketServerProtocol):
         effects: list[m.Effect] = []
         if self.failedByMe and not self._closing_by_core:
             # Autobahn refused a frame itself (too big, bad UTF-8, bad framing).
-            why = self.wasNotCleanReason or "invalid frame"
+            # The reason it sent in its close frame says what was wrong.
+            sent = (self.localCloseReason or b"").decode("utf-8", "replace")
+            why = sent or self.wasNotCleanReason or "invalid frame"
             code = self.localCloseCode or CloseCode.PROTOCOL_ERROR
             log.warn("call {call_id}: {why} (close {code})", call_id=call.call_id, why=why,
                      code=code)
@@ -146,12 +148,19 @@ class ProviderProtocol(WebSocketServerProtocol):
     # --- from the node ------------------------------------------------------------
 
     def command(self, cmd: m.Command) -> None:
-        if self.call is not None:
+        if self.call is not None and self._can_send:
             self._run(self.call.on_command(cmd, self.factory.node.clock.seconds()))
 
     def end(self, reason: m.EndReason, detail: str, code: int) -> None:
         if self.call is not None:
             self._run(self.call.end(reason, detail, code, self.factory.node.clock.seconds()))
+
+    @property
+    def _can_send(self) -> bool:
+        # Between a close (the provider's, or Autobahn's own refusal) and
+        # onClose, Autobahn refuses to send (sendMessage raises Disconnected);
+        # onClose will end the call, so commands and timers have nothing to do.
+        return self.state == self.STATE_OPEN
 
     # --- effects --------------------------------------------------------------------
 
@@ -188,7 +197,7 @@ class ProviderProtocol(WebSocketServerProtocol):
 
     def _fire(self, name: str) -> None:
         self._timers.pop(name, None)
-        if self.call is not None:
+        if self.call is not None and self._can_send:
             self._run(self.call.on_timer(name, self.factory.node.clock.seconds()))
 
 
@@ -204,6 +213,10 @@ class ProviderFactory(WebSocketServerFactory):
             maxMessagePayloadSize=c.max_frame_bytes,
             # Knowlarity's client pings idle sockets itself; we only answer.
             autoPingInterval=0,
+            # Refused frames (too big, bad UTF-8, ...) get a close frame with
+            # their code (1009, 1007, ...); Autobahn's default drops the TCP
+            # connection without one.
+            failByDrop=False,
             openHandshakeTimeout=10,
             closeHandshakeTimeout=5,
             # Small frames should leave at once: latency over throughput.

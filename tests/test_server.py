@@ -1,0 +1,740 @@
+"""The Autobahn adapter on fake transports and a fake clock: no broker, no real socket.
+
+A real ``Node`` (registry, replacement, command routing) with its bus swapped
+for a recorder and its reactor a ``MemoryReactorClock``; each provider socket
+is a real ``ProviderProtocol`` from the node's factory on a ``StringTransport``,
+driven through Autobahn's own handshake with the HTTP upgrade request and
+masked client frames a provider would write. What the server writes back is
+parsed as the provider would read it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from gateway.config import NodeConfig
+from gateway.core import model as m
+from gateway.core.call import CallSettings
+from gateway.core.knowlarity import AudioContentType, PlayFrame, decode_gateway_frame
+from gateway.core.playout import PlayoutSettings
+from gateway.node import Node
+from gateway.server import ProviderProtocol
+
+DATA = Path(__file__).parent / "data"
+START = (DATA / "start_json.txt").read_text()
+CALL_ID = "aosi-adfad-23-ad"
+DOC_PATH = "/vaani/knowlarity/setup-call-streams"
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+OP_TEXT, OP_BINARY, OP_CLOSE = 0x1, 0x2, 0x8
+
+
+# --- the harness ----------------------------------------------------------------
+
+
+class RecordingBus:
+    """Stands in for ``gateway.bus.Bus``: keeps what the node hands it, in order."""
+
+    delivering = True
+
+    def __init__(self) -> None:
+        self.inbound: list[m.Inbound] = []
+        self.outbound: list[m.Outbound] = []
+
+    def publish(self, rec: m.Inbound) -> None:
+        self.inbound.append(rec)
+
+    def publish_outbound(self, rec: m.Outbound) -> None:
+        self.outbound.append(rec)
+
+    def bodies(self, call_id: str | None = None) -> list[Any]:
+        return [r.body for r in self.inbound if call_id is None or r.call_id == call_id]
+
+    def ends(self) -> list[m.CallEnded]:
+        return [b for b in self.bodies() if isinstance(b, m.CallEnded)]
+
+
+class ClockTimer:
+    """Autobahn's handshake timers on a fake clock (Autobahn otherwise uses the global reactor).
+
+    A clock of their own, so that the node's clock shows only the gateway's timers.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+
+    def call_later(self, delay: float, func: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return self.clock.callLater(delay, func, *args, **kw)
+
+
+def client_frame(opcode: int, payload: bytes, mask: bytes = b"\x37\xfa\x21\x3d") -> bytes:
+    """One final, masked client frame (RFC 6455 5.2): servers refuse unmasked ones."""
+    n = len(payload)
+    head = bytes([0x80 | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 1 << 16:
+        head += bytes([0x80 | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([0x80 | 127]) + struct.pack("!Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def parse_server_frames(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
+    """Unmasked server frames in ``data``; returns them and the bytes consumed."""
+    frames: list[tuple[int, bytes]] = []
+    pos = 0
+    while len(data) - pos >= 2:
+        b0, b1 = data[pos], data[pos + 1]
+        assert b0 & 0x80, "the gateway never fragments"
+        assert not b1 & 0x80, "server frames must not be masked"
+        n, at = b1 & 0x7F, pos + 2
+        if n == 126:
+            if len(data) < at + 2:
+                break
+            (n,), at = struct.unpack_from("!H", data, at), at + 2
+        elif n == 127:
+            if len(data) < at + 8:
+                break
+            (n,), at = struct.unpack_from("!Q", data, at), at + 8
+        if len(data) < at + n:
+            break
+        frames.append((b0 & 0x0F, data[at:at + n]))
+        pos = at + n
+    return frames, pos
+
+
+class TcpLikeTransport(StringTransport):
+    """A ``StringTransport`` that, as TCP transports do, lets go of no producer without error.
+
+    Autobahn unregisters its producer on every drop, registered or not.
+    """
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        self.streaming = None
+
+
+class Provider:
+    """Knowlarity's end of one socket: a real ``ProviderProtocol`` on a ``StringTransport``."""
+
+    def __init__(self, node: Node, peer_host: str = "203.0.113.7") -> None:
+        self.node = node
+        addr = IPv4Address("TCP", peer_host, 40000)
+        self.transport = TcpLikeTransport(peerAddress=addr)
+        proto = node.factory.buildProtocol(addr)
+        assert isinstance(proto, ProviderProtocol)
+        self.proto = proto
+        self.proto.makeConnection(self.transport)
+        self.status: int | None = None
+        self.headers: dict[str, str] = {}
+        self.lost = False
+        self.auto_settle = True
+        self._read = 0
+        self._frames: list[tuple[int, bytes]] = []
+
+    # --- client to server ----------------------------------------------------
+
+    def handshake(self, path: str = DOC_PATH, headers: dict[str, str] | None = None) -> int:
+        key = base64.b64encode(os.urandom(16))
+        lines = [
+            f"GET {path} HTTP/1.1",
+            "Host: gw.example.com",
+            "Upgrade: websocket",
+            "Connection: Upgrade",
+            f"Sec-WebSocket-Key: {key.decode()}",
+            "Sec-WebSocket-Version: 13",
+            *(f"{k}: {v}" for k, v in (headers or {}).items()),
+        ]
+        self.proto.dataReceived(("\r\n".join(lines) + "\r\n\r\n").encode())
+        out = self.transport.value()
+        head, sep, _ = out.partition(b"\r\n\r\n")
+        assert sep, f"no complete HTTP response: {out!r}"
+        self._read = len(head) + len(sep)
+        status_line, *header_lines = head.decode("latin-1").split("\r\n")
+        self.status = int(status_line.split()[1])
+        for line in header_lines:
+            name, _, value = line.partition(":")
+            self.headers[name.strip().lower()] = value.strip()
+        if self.status == 101:
+            accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest()).decode()
+            assert self.headers["sec-websocket-accept"] == accept
+        self.settle()
+        return self.status
+
+    def open(self, path: str = DOC_PATH, start: str | None = START) -> Provider:
+        assert self.handshake(path) == 101
+        if start is not None:
+            self.send_text(start)
+        return self
+
+    def send(self, data: bytes) -> None:
+        assert not self.lost, "the server already dropped this socket"
+        self.proto.dataReceived(data)
+        self.settle()
+
+    def send_text(self, text: str) -> None:
+        self.send(client_frame(OP_TEXT, text.encode()))
+
+    def send_binary(self, data: bytes) -> None:
+        self.send(client_frame(OP_BINARY, data))
+
+    def send_close(self, code: int = 1000, reason: str = "") -> None:
+        self.send(client_frame(OP_CLOSE, struct.pack("!H", code) + reason.encode()))
+
+    def drop(self) -> None:
+        """The TCP connection goes away without a closing handshake."""
+        self.lost = True
+        self.proto.connectionLost(Failure(ConnectionLost("peer reset")))
+
+    # --- server to client -----------------------------------------------------
+
+    def frames(self) -> list[tuple[int, bytes]]:
+        """Every frame the server has written on this socket so far."""
+        new, used = parse_server_frames(self.transport.value()[self._read:])
+        self._read += used
+        self._frames += new
+        return list(self._frames)
+
+    def texts(self) -> list[str]:
+        return [p.decode() for op, p in self.frames() if op == OP_TEXT]
+
+    def close_codes(self) -> list[int]:
+        return [struct.unpack("!H", p[:2])[0] for op, p in self.frames() if op == OP_CLOSE]
+
+    def settle(self) -> None:
+        """Deliver connectionLost if the server let go of the transport.
+
+        StringTransport only records that; Twisted calls connectionLost on a
+        later turn of the reactor, and that is what runs onClose. With
+        ``auto_settle`` off, the test decides when that turn comes.
+        """
+        let_go = self.transport.disconnecting or self.transport.disconnected
+        if self.auto_settle and not self.lost and let_go:
+            self.lost = True
+            self.proto.connectionLost(Failure(ConnectionDone()))
+
+    def hold_connection_lost(self) -> None:
+        """From now on, connectionLost waits for ``release_connection_lost``."""
+        self.auto_settle = False
+
+    def release_connection_lost(self) -> None:
+        self.auto_settle = True
+        self.settle()
+
+
+def unpaced(**kw: Any) -> NodeConfig:
+    """A config whose playout sends bot audio at once, so commands show frames immediately."""
+    return NodeConfig(call=CallSettings(playout=PlayoutSettings(paced=False)), **kw)
+
+
+@pytest.fixture
+def make_node() -> Iterator[Callable[..., Node]]:
+    """Builds nodes on fake reactors; afterwards, none may hold a socket or a pending timer."""
+    nodes: list[Node] = []
+
+    def make(config: NodeConfig | None = None) -> Node:
+        node = Node(config or NodeConfig(), MemoryReactorClock())
+        node.bus = RecordingBus()  # type: ignore[assignment]
+        node.factory._batched_timer = ClockTimer(Clock())
+        node.accepting = True
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        assert not node.sockets, "a test left a socket open"
+        assert node.clock.getDelayedCalls() == []
+        # Autobahn leaves its closing-handshake timer behind when the peer
+        # drops instead of answering; firing it must change nothing.
+        published = len(bus(node).inbound)
+        autobahn_clock(node).advance(60)
+        assert len(bus(node).inbound) == published
+
+
+@pytest.fixture
+def node(make_node: Callable[..., Node]) -> Node:
+    return make_node()
+
+
+def autobahn_clock(node: Node) -> Clock:
+    timer = node.factory._batched_timer
+    assert isinstance(timer, ClockTimer)
+    return timer.clock
+
+
+def bus(node: Node) -> RecordingBus:
+    assert isinstance(node.bus, RecordingBus)
+    return node.bus
+
+
+def metric(node: Node, name: str, **labels: str) -> float:
+    value = node.metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def pcm(samples: int, value: int = 1000) -> bytes:
+    return struct.pack(f"<{samples}h", *([value] * samples))
+
+
+# --- handshake ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [
+    DOC_PATH,
+    "/v2/login/vaani/knowlarity/setup-call-streams",
+    DOC_PATH + "/",
+    "/knowlarity-stream/c-7781_0",
+])
+def test_known_paths_are_accepted(node: Node, path: str) -> None:
+    """The documented path, with a prefix or a trailing call id, gets 101 Switching Protocols."""
+    p = Provider(node)
+    assert p.handshake(path) == 101
+    assert p.proto in node.sockets
+    p.send_close(1000)
+    assert node.clock.getDelayedCalls() == []
+    assert not node.sockets
+
+
+def test_path_id_is_the_fallback_call_id(node: Node) -> None:
+    """A start message without a uuid takes the call id from the last path segment."""
+    p = Provider(node).open("/knowlarity-stream/out-42_0",
+                            (DATA / "start_json_no_uuid.txt").read_text())
+    (started,) = bus(node).inbound
+    assert started.call_id == "out-42_0"
+    assert isinstance(started.body, m.CallStarted)
+    assert started.body.request_path == "/knowlarity-stream/out-42_0"
+    assert node.registry.get("out-42_0") is p.proto
+    p.send_close(1000)
+
+
+@pytest.mark.parametrize("path", [
+    "/",
+    "/vaani/knowlarity/setup-call-streams-v2",
+    "/knowlarity-stream/a/b",
+    "/other",
+])
+def test_unknown_path_is_refused_with_404(node: Node, path: str) -> None:
+    """A path that is not one of ours is refused with 404 before any call exists."""
+    p = Provider(node)
+    assert p.handshake(path) == 404
+    assert p.lost
+    assert not node.sockets
+    assert bus(node).inbound == []
+    assert metric(node, "kgw_sockets_refused_total", why="unknown path") == 1
+
+
+def test_requested_subprotocol_is_echoed(node: Node) -> None:
+    """A client asking for a subprotocol gets the first one it offered back."""
+    p = Provider(node)
+    status = p.handshake(DOC_PATH, {"Sec-WebSocket-Protocol": "audio.drachtio.org, other"})
+    assert status == 101
+    assert p.headers["sec-websocket-protocol"] == "audio.drachtio.org"
+    p.send_close(1000)
+
+
+def test_no_subprotocol_requested_none_answered(node: Node) -> None:
+    """A client that asks for no subprotocol gets no Sec-WebSocket-Protocol header."""
+    p = Provider(node)
+    assert p.handshake(DOC_PATH) == 101
+    assert "sec-websocket-protocol" not in p.headers
+    p.send_close(1000)
+
+
+@pytest.mark.parametrize(("path", "headers"), [
+    (DOC_PATH, {}),
+    (DOC_PATH + "?token=wrong", {}),
+    (DOC_PATH, {"Authorization": "Bearer wrong"}),
+    (DOC_PATH, {"Authorization": "Basic czNjcjN0"}),
+    (DOC_PATH + "?token=", {}),
+])
+def test_missing_or_wrong_token_gets_401(make_node: Callable[..., Node], path: str,
+                                         headers: dict[str, str]) -> None:
+    """With auth_token set, a socket without the right token is refused with 401."""
+    node = make_node(NodeConfig(auth_token="s3cr3t"))
+    p = Provider(node)
+    assert p.handshake(path, headers) == 401
+    assert not node.sockets
+    assert metric(node, "kgw_sockets_refused_total", why="bad or missing token") == 1
+
+
+@pytest.mark.parametrize(("path", "headers"), [
+    (DOC_PATH + "?token=s3cr3t", {}),
+    (DOC_PATH, {"Authorization": "Bearer s3cr3t"}),
+    (DOC_PATH, {"Authorization": "bearer s3cr3t"}),
+])
+def test_right_token_is_accepted(make_node: Callable[..., Node], path: str,
+                                 headers: dict[str, str]) -> None:
+    """With auth_token set, the token as ?token= or as a Bearer header lets the socket in."""
+    node = make_node(NodeConfig(auth_token="s3cr3t"))
+    p = Provider(node)
+    assert p.handshake(path, headers) == 101
+    p.send_close(1000)
+
+
+def test_draining_node_answers_503(node: Node) -> None:
+    """A node that no longer accepts calls refuses new sockets with 503."""
+    node.accepting = False
+    p = Provider(node)
+    assert p.handshake(DOC_PATH) == 503
+    assert not node.sockets
+    assert metric(node, "kgw_sockets_refused_total", why="node is draining") == 1
+
+
+# --- a call -------------------------------------------------------------------------
+
+
+def test_start_then_audio_is_published(node: Node) -> None:
+    """A start message and then binary audio publish CallStarted and CallerAudio in order."""
+    p = Provider(node).open()
+    p.send_binary(pcm(320))
+    p.send_binary(pcm(160, value=-5))
+
+    recs = bus(node).inbound
+    assert [r.call_id for r in recs] == [CALL_ID] * 3
+    assert [r.record_seq for r in recs] == [0, 1, 2]
+    started, a0, a1 = (r.body for r in recs)
+    assert isinstance(started, m.CallStarted)
+    assert started.start.call_id == CALL_ID
+    assert started.start.sample_rate == 16000
+    assert started.start.caller == "+919876543210"
+    assert started.reply_topic == "knowlarity.calls.commands.node"
+    assert started.request_path == DOC_PATH
+    assert a0 == m.CallerAudio(seq=0, media_position_samples=0, received_at=0.0,
+                               pcm=pcm(320), sample_rate=16000)
+    assert a1 == m.CallerAudio(seq=1, media_position_samples=320, received_at=0.0,
+                               pcm=pcm(160, value=-5), sample_rate=16000)
+    assert node.registry.get(CALL_ID) is p.proto
+    assert metric(node, "kgw_calls_started_total") == 1
+    assert metric(node, "kgw_frames_in_total", kind="binary") == 2
+    assert p.frames() == []
+    p.send_close(1000)
+    assert node.registry.get(CALL_ID) is None
+
+
+def test_no_start_message_times_out_with_4000(node: Node) -> None:
+    """A socket that sends no start message is closed with 4000 after the start timeout."""
+    p = Provider(node)
+    assert p.handshake() == 101
+    node.clock.advance(9.9)
+    assert p.close_codes() == []
+    node.clock.advance(0.1)
+    assert p.close_codes() == [4000]
+    assert node.clock.getDelayedCalls() == []
+    p.send_close(4000)  # the provider answers the closing handshake
+    assert p.lost
+    assert not node.sockets
+    assert bus(node).inbound == []
+    assert metric(node, "kgw_sockets_closed_unstarted_total") == 1
+
+
+def test_audio_before_start_closes_with_1003(node: Node) -> None:
+    """A binary frame before the start message closes the socket with 1003 and publishes nothing."""
+    p = Provider(node)
+    assert p.handshake() == 101
+    p.send_binary(pcm(320))
+    assert p.close_codes() == [1003]
+    p.send_close(1003)
+    assert not node.sockets
+    assert bus(node).inbound == []
+
+
+@pytest.mark.parametrize("name", ["bad_start_plain_text.txt", "bad_start_truncated.txt"])
+def test_unparseable_start_closes_with_1007(node: Node, name: str) -> None:
+    """A start message that cannot be parsed closes the socket with 1007 and publishes nothing."""
+    p = Provider(node).open(start=(DATA / name).read_text())
+    assert p.close_codes() == [1007]
+    p.send_close(1007)
+    assert not node.sockets
+    assert bus(node).inbound == []
+    assert node.registry.get(CALL_ID) is None
+
+
+def test_oversized_frame_before_start_closes_with_1009(make_node: Callable[..., Node]) -> None:
+    """A frame above max_frame_bytes before the start message fails with 1009, nothing published."""
+    node = make_node(NodeConfig(max_frame_bytes=1024))
+    p = Provider(node)
+    assert p.handshake() == 101
+    p.send_binary(pcm(513))
+    assert p.close_codes() == [1009]
+    p.send_close(1009)
+    assert not node.sockets
+    assert bus(node).inbound == []
+
+
+def test_oversized_frame_after_start_ends_call_once(make_node: Callable[..., Node]) -> None:
+    """A frame above max_frame_bytes on a live call: close 1009, one CallEnded(PROTOCOL_ERROR)."""
+    node = make_node(NodeConfig(max_frame_bytes=1024))
+    p = Provider(node).open()
+    p.send_binary(pcm(512))  # exactly the limit: fine
+    p.send_binary(pcm(513))
+    assert p.close_codes() == [1009]
+    p.send_close(1009)
+    assert not node.sockets
+    bodies = bus(node).bodies()
+    assert [type(b) for b in bodies] == [m.CallStarted, m.CallerAudio, m.CallEnded]
+    (ended,) = bus(node).ends()
+    assert ended.reason is m.EndReason.PROTOCOL_ERROR
+    assert ended.close_code == 1009
+    assert "exceeds payload limit of 1024 octets" in ended.detail
+    assert ended.audio_chunks == 1
+    assert node.registry.get(CALL_ID) is None
+    assert metric(node, "kgw_calls_ended_total", reason="protocol_error") == 1
+
+
+def test_invalid_utf8_text_ends_call_with_1007(node: Node) -> None:
+    """A text frame that is not UTF-8 on a live call: close 1007, one CallEnded(PROTOCOL_ERROR)."""
+    p = Provider(node).open()
+    p.send(client_frame(OP_TEXT, b"\xff\xfe event"))
+    assert p.close_codes() == [1007]
+    # Autobahn trips over the same frame twice and drops the TCP connection
+    # right after its close frame, without waiting for the reply.
+    assert p.lost
+    (ended,) = bus(node).ends()
+    assert ended.reason is m.EndReason.PROTOCOL_ERROR
+    assert ended.close_code == 1007
+    assert "invalid UTF-8" in ended.detail
+    assert [type(b) for b in bus(node).bodies()] == [m.CallStarted, m.CallEnded]
+
+
+def test_unanswered_close_is_dropped_after_the_handshake_timeout(node: Node) -> None:
+    """A provider that never answers the gateway's close is dropped; the call still ends once."""
+    p = Provider(node).open()
+    p.send_binary(pcm(320))
+    p.proto.end(m.EndReason.NODE_SHUTDOWN, "node shutting down", 1001)
+    assert p.close_codes() == [1001]
+    assert not p.lost
+    autobahn_clock(node).advance(5)  # closeHandshakeTimeout
+    p.settle()
+    assert p.lost
+    assert not node.sockets
+    assert [e.reason for e in bus(node).ends()] == [m.EndReason.NODE_SHUTDOWN]
+
+
+# --- a second socket for the same call --------------------------------------------
+
+
+def test_second_socket_replaces_the_first(node: Node) -> None:
+    """A second socket with the same call id ends the first (4002) before its own call starts."""
+    first = Provider(node).open()
+    second = Provider(node).open()
+
+    assert first.close_codes() == [4002]
+    assert second.close_codes() == []
+    kinds = [(type(r.body), r.record_seq) for r in bus(node).inbound]
+    # The first call's CallEnded (its record 1) precedes the second's CallStarted.
+    assert kinds == [(m.CallStarted, 0), (m.CallEnded, 1), (m.CallStarted, 0)]
+    (ended,) = bus(node).ends()
+    assert ended.reason is m.EndReason.REPLACED
+    assert ended.close_code == 4002
+    assert node.registry.get(CALL_ID) is second.proto
+
+    # The first socket's closing handshake completes late: the second stays registered.
+    first.send_close(4002)
+    assert first.lost
+    assert node.registry.get(CALL_ID) is second.proto
+    assert node.sockets == {second.proto}
+    assert len(bus(node).ends()) == 1
+
+    # And commands for the call go to the second socket only.
+    node._on_command(m.Command(CALL_ID, m.HangUp()))
+    assert first.texts() == []
+    assert len(second.texts()) == 1
+    second.send_close(1000)
+    assert [e.reason for e in bus(node).ends()] == [m.EndReason.REPLACED, m.EndReason.BOT_HANGUP]
+
+
+def test_replaced_socket_before_its_close_reply_drops(node: Node) -> None:
+    """A replaced socket whose transport drops instead of answering the close adds no second end."""
+    first = Provider(node).open()
+    second = Provider(node).open()
+    first.drop()
+    assert node.registry.get(CALL_ID) is second.proto
+    assert len(bus(node).ends()) == 1
+    second.send_close(1000)
+    assert [e.reason for e in bus(node).ends()] == [m.EndReason.REPLACED,
+                                                     m.EndReason.CALLER_HANGUP]
+
+
+# --- commands ------------------------------------------------------------------------
+
+
+def test_command_for_unknown_call_is_counted_and_dropped(node: Node) -> None:
+    """A command for a call this node does not hold is counted (unknown_call), never raised."""
+    p = Provider(node).open()
+    node._on_command(m.Command("no-such-call", m.PlayAudio(pcm(1600), 16000)))
+    assert metric(node, "kgw_commands_total", outcome="unknown_call") == 1
+    assert metric(node, "kgw_commands_total", outcome="ok") == 0
+    assert p.texts() == []
+    p.send_close(1000)
+
+
+def test_play_audio_goes_to_the_right_socket(make_node: Callable[..., Node]) -> None:
+    """PlayAudio for a live call becomes playAudio text frames on that call's socket alone."""
+    node = make_node(unpaced())
+    other = Provider(node).open(start=START.replace(CALL_ID, "other-call"))
+    p = Provider(node).open()
+    audio = pcm(1600, value=1234)  # 100 ms at 16 kHz: one clip
+    node._on_command(m.Command(CALL_ID, m.PlayAudio(audio, 16000)))
+
+    assert metric(node, "kgw_commands_total", outcome="ok") == 1
+    (text,) = p.texts()
+    assert decode_gateway_frame(text, call_sample_rate=16000) == PlayFrame(
+        pcm=audio, sample_rate=16000, content_type=AudioContentType.WAVE)
+    assert other.texts() == []
+    (sent,) = bus(node).outbound
+    assert sent.call_id == CALL_ID
+    assert sent.body == m.AudioSent(audio, 16000, 0)
+    assert all(op == OP_TEXT for op, _ in p.frames())
+    p.send_close(1000)
+    other.send_close(1000)
+
+
+def test_hang_up_then_provider_closes(node: Node) -> None:
+    """A hang-up sends the disconnect frame; the provider's close then ends it as BOT_HANGUP."""
+    p = Provider(node).open()
+    node._on_command(m.Command(CALL_ID, m.HangUp()))
+    (text,) = p.texts()
+    assert "asr_disconnect=true" in text
+    assert bus(node).ends() == []
+    p.send_close(1000)
+    (ended,) = bus(node).ends()
+    assert ended.reason is m.EndReason.BOT_HANGUP
+
+
+def test_hang_up_not_acted_on_times_out(node: Node) -> None:
+    """A hang-up the provider does not act on within ending_timeout_s is closed with 4001."""
+    p = Provider(node).open()
+    node._on_command(m.Command(CALL_ID, m.HangUp()))
+    node.clock.advance(10)
+    assert p.close_codes() == [4001]
+    (ended,) = bus(node).ends()
+    assert ended.reason is m.EndReason.ENDING_TIMEOUT
+    p.send_close(4001)
+    assert len(bus(node).ends()) == 1
+
+
+def test_command_while_autobahn_closes_raises_nothing(make_node: Callable[..., Node]) -> None:
+    """A command that arrives while Autobahn's own close (1009) awaits its reply sends nothing."""
+    node = make_node(unpaced(max_frame_bytes=1024))
+    p = Provider(node).open()
+    p.send_binary(pcm(513))
+    assert p.close_codes() == [1009]
+    node._on_command(m.Command(CALL_ID, m.PlayAudio(pcm(1600), 16000)))
+    node._on_command(m.Command(CALL_ID, m.HangUp()))
+    assert p.texts() == []
+    assert bus(node).outbound == []
+    p.send_close(1009)
+    assert [e.reason for e in bus(node).ends()] == [m.EndReason.PROTOCOL_ERROR]
+
+
+def test_command_after_caller_close_before_connection_lost(make_node: Callable[..., Node]
+                                                           ) -> None:
+    """Between the caller's close and connectionLost, a command sends nothing and raises nothing."""
+    node = make_node(unpaced())
+    p = Provider(node).open()
+    p.hold_connection_lost()
+    p.send_close(1000)
+    assert p.close_codes() == [1000]
+    node._on_command(m.Command(CALL_ID, m.PlayAudio(pcm(1600), 16000)))
+    node._on_command(m.Command(CALL_ID, m.HangUp()))
+    assert p.texts() == []
+    assert bus(node).outbound == []
+    p.release_connection_lost()
+    # The caller hung up; the bot's hang-up never reached the provider.
+    assert [e.reason for e in bus(node).ends()] == [m.EndReason.CALLER_HANGUP]
+
+
+def test_playout_timer_after_caller_close_before_connection_lost(node: Node) -> None:
+    """Paced playout that comes due between the caller's close and connectionLost sends nothing."""
+    p = Provider(node).open()
+    node._on_command(m.Command(CALL_ID, m.PlayAudio(pcm(16000), 16000)))  # 1 s of audio
+    sent = len(p.texts())
+    assert 0 < sent < 5  # paced: only the lead went out
+    p.hold_connection_lost()
+    p.send_close(1000)
+    node.clock.advance(0.5)  # the playout timer fires in the gap
+    assert len(p.texts()) == sent
+    p.release_connection_lost()
+    (ended,) = bus(node).ends()
+    assert ended.reason is m.EndReason.CALLER_HANGUP
+    assert len(bus(node).outbound) == sent
+
+
+# --- the call ends ---------------------------------------------------------------------
+
+
+def test_caller_close_ends_the_call_once(node: Node) -> None:
+    """A close frame from the provider ends the call as CALLER_HANGUP, exactly once."""
+    p = Provider(node).open()
+    p.send_binary(pcm(320))
+    p.send_close(1000)
+    assert p.close_codes() == [1000]  # Autobahn answers the closing handshake
+    assert p.lost
+    (ended,) = bus(node).ends()
+    assert ended.reason is m.EndReason.CALLER_HANGUP
+    assert ended.close_code == 1000
+    assert ended.audio_chunks == 1
+    assert ended.audio_samples == 320
+    assert bus(node).inbound[-1].body is ended
+    assert node.registry.get(CALL_ID) is None
+    assert not node.sockets
+    assert metric(node, "kgw_calls_ended_total", reason="caller_hangup") == 1
+    assert metric(node, "kgw_live_calls") == 0
+
+
+def test_connection_lost_ends_the_call_as_connection_lost(node: Node) -> None:
+    """A transport lost without a closing handshake ends the call as CONNECTION_LOST, once."""
+    p = Provider(node).open()
+    node.clock.advance(2.5)
+    p.drop()
+    (ended,) = bus(node).ends()
+    assert ended.reason is m.EndReason.CONNECTION_LOST
+    assert ended.duration_ms == 2500
+    assert node.registry.get(CALL_ID) is None
+    assert not node.sockets
+
+
+def test_connection_lost_before_start_publishes_nothing(node: Node) -> None:
+    """A socket dropped before its start message leaves no records and no timer."""
+    p = Provider(node)
+    assert p.handshake() == 101
+    p.drop()
+    assert bus(node).inbound == []
+    assert not node.sockets
+
+
+def test_idle_call_is_ended_with_4003(node: Node) -> None:
+    """A live call with no frame for idle_timeout_s is ended as IDLE_TIMEOUT with close 4003."""
+    p = Provider(node).open()
+    node.clock.advance(30)
+    p.send_binary(pcm(320))
+    node.clock.advance(59)
+    assert p.close_codes() == []
+    node.clock.advance(1)
+    assert p.close_codes() == [4003]
+    p.send_close(4003)
+    (ended,) = bus(node).ends()
+    assert ended.reason is m.EndReason.IDLE_TIMEOUT
+
+
+def test_node_end_closes_with_going_away(node: Node) -> None:
+    """A call ended by the node (shutdown) is closed with 1001 and ends as NODE_SHUTDOWN once."""
+    p = Provider(node).open()
+    p.proto.end(m.EndReason.NODE_SHUTDOWN, "node shutting down", 1001)
+    assert p.close_codes() == [1001]
+    p.send_close(1001)
+    assert [e.reason for e in bus(node).ends()] == [m.EndReason.NODE_SHUTDOWN]
