@@ -68,7 +68,10 @@ class Node:
 
     @property
     def ready(self) -> bool:
-        return self.accepting and self.bus.delivering
+        # Not tied to Kafka: an outage hits every node alike, and taking them
+        # all out of the load balancer would refuse calls the buffer could
+        # carry through. kgw_kafka_up is for alerting.
+        return self.accepting
 
     async def shutdown(self) -> None:
         """Stop accepting, let calls finish within the drain timeout, end the rest, flush."""

@@ -21,8 +21,8 @@ class _Check(Resource):
         self._ready = ready
 
     def render_GET(self, request: Request) -> bytes:
-        # Healthy: the process serves. Ready: it accepts calls and Kafka takes
-        # records, so a load balancer should send it new calls.
+        # Healthy: the process serves. Ready: it accepts calls (not draining),
+        # so a load balancer should send it new calls.
         ok = self._node.ready if self._ready else True
         request.setResponseCode(200 if ok else 503)
         request.setHeader(b"content-type", b"text/plain")
