@@ -22,7 +22,7 @@ from gateway import records
 from gateway.config import NodeConfig
 from gateway.core import model as m
 from gateway.metrics import Metrics
-from gateway.outbox import Entry, Outbox
+from gateway.outbox import Entry, Loss, Outbox
 
 log = Logger()
 
@@ -136,7 +136,8 @@ class Bus:
 
     def publish_outbound(self, rec: m.Outbound) -> None:
         value = records.encode_outbound(rec, self._node_id)
-        self._put(Entry(self._c.outbound_topic, rec.call_id.encode(), value, rec.call_id))
+        self._put(Entry(self._c.outbound_topic, rec.call_id.encode(), value, rec.call_id,
+                        is_audio=isinstance(rec.body, m.AudioSent)))
 
     def _put(self, entry: Entry) -> None:
         dropped = self.outbox.put(entry)
@@ -157,19 +158,27 @@ class Bus:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            for call_id, loss in outbox.take_losses().items():
-                log.warn("call {call_id}: {records} records lost before reaching Kafka",
-                         call_id=call_id, records=loss.records)
-                note = m.Inbound(call_id, max(loss.last_record_seq, 0), time.time(),
-                                 m.RecordsDropped(loss.records, max(loss.first_record_seq, 0),
-                                                  max(loss.last_record_seq, 0),
-                                                  loss.audio_chunks, loss.topic))
-                await self._send(Entry(self._c.inbound_topic, call_id.encode(),
-                                       records.encode_inbound(note, self._node_id)))
+            for (call_id, topic), loss in outbox.take_losses().items():
+                log.warn("call {call_id}: {records} records to {topic} lost before reaching "
+                         "Kafka", call_id=call_id, records=loss.records, topic=topic)
+                await self._send(Entry(topic, call_id.encode(), self._loss_note(call_id, topic,
+                                                                                loss)))
             for entry in outbox.take(_TAKE):
                 await self._send(entry)
             self._metrics.buffer_records.set(len(outbox))
             self._metrics.buffer_bytes.set(outbox.bytes)
+
+    def _loss_note(self, call_id: str, topic: str, loss: Loss) -> bytes:
+        """The record that takes the lost ones' place, on the topic they were meant for."""
+        now = time.time()
+        if topic == self._c.inbound_topic:
+            return records.encode_inbound(m.Inbound(
+                call_id, loss.last_record_seq, now,
+                m.RecordsDropped(loss.records, loss.first_record_seq, loss.last_record_seq,
+                                 loss.audio_chunks, topic)), self._node_id)
+        return records.encode_outbound(
+            m.Outbound(call_id, now, m.OutboundDropped(loss.records, loss.audio_chunks)),
+            self._node_id)
 
     async def _send(self, entry: Entry) -> None:
         producer = self._producer

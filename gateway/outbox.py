@@ -20,7 +20,8 @@ class Entry:
     topic: str
     key: bytes
     value: bytes
-    # For loss accounting; -1 on records that are not part of a call's sequence.
+    # For loss accounting; -1 on records that are not part of a call's
+    # sequence (the outbound topic has none).
     call_id: str = ""
     record_seq: int = -1
     is_audio: bool = False
@@ -28,9 +29,8 @@ class Entry:
 
 @dataclass
 class Loss:
-    """What was lost of one call, not yet reported."""
+    """What was lost of one call on one topic, not yet reported."""
 
-    topic: str
     records: int = 0
     first_record_seq: int = -1
     last_record_seq: int = -1
@@ -52,8 +52,9 @@ class Outbox:
         self.max_bytes = max_bytes
         self._entries: deque[Entry] = deque()
         self._bytes = 0
-        # Losses by call id, in the order they happened (dicts keep order).
-        self._losses: dict[str, Loss] = {}
+        # Losses by (call id, topic), in the order they happened (dicts keep
+        # order): each is reported on the topic it was lost from.
+        self._losses: dict[tuple[str, str], Loss] = {}
         self.dropped_total = 0
 
     def __len__(self) -> int:
@@ -79,9 +80,10 @@ class Outbox:
             self._bytes -= len(e.value)
         self.dropped_total += 1
         if e.call_id:
-            loss = self._losses.get(e.call_id)
+            key = (e.call_id, e.topic)
+            loss = self._losses.get(key)
             if loss is None:
-                loss = self._losses[e.call_id] = Loss(topic=e.topic)
+                loss = self._losses[key] = Loss()
             loss.add(e)
 
     def take(self, limit: int) -> list[Entry]:
@@ -94,7 +96,7 @@ class Outbox:
             out.append(e)
         return out
 
-    def take_losses(self) -> dict[str, Loss]:
+    def take_losses(self) -> dict[tuple[str, str], Loss]:
         losses, self._losses = self._losses, {}
         return losses
 

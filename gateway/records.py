@@ -186,9 +186,12 @@ def encode_outbound(rec: m.Outbound, node_id: str) -> bytes:
         out.audio.pcm = body.pcm
         out.audio.sample_rate = body.sample_rate
         out.audio.media_position_samples = body.media_position_samples
-    else:
+    elif isinstance(body, m.ControlSent):
         out.control.kind = _CONTROL[body.kind]
         out.control.frame = body.frame
+    else:
+        out.dropped.records = body.records
+        out.dropped.audio_clips = body.audio_clips
     return out.SerializeToString()
 
 

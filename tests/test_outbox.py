@@ -58,7 +58,7 @@ def test_take_returns_oldest_first_up_to_the_limit():
 
 
 def test_losses_are_accounted_per_call_in_the_order_they_happened():
-    """Each call's dropped records are summed: count, first/last record_seq, audio chunks, topic."""
+    """Each call's dropped records are summed per topic: count, first/last record_seq, audio."""
     box = Outbox(max_bytes=30)
     box.put(_e(10, "b", 0))
     box.put(_e(10, "a", 0))
@@ -68,11 +68,11 @@ def test_losses_are_accounted_per_call_in_the_order_they_happened():
     box.put(_e(10))  # drops a/1
     box.put(_e(10, "b", 2))  # drops b/1
     losses = box.take_losses()
-    assert list(losses) == ["b", "a"]
-    assert losses["b"] == Loss(topic=IN, records=2, first_record_seq=0, last_record_seq=1,
-                               audio_chunks=1)
-    assert losses["a"] == Loss(topic=IN, records=2, first_record_seq=0, last_record_seq=1,
-                               audio_chunks=1)
+    assert list(losses) == [("b", IN), ("a", IN)]
+    assert losses[("b", IN)] == Loss(records=2, first_record_seq=0, last_record_seq=1,
+                                     audio_chunks=1)
+    assert losses[("a", IN)] == Loss(records=2, first_record_seq=0, last_record_seq=1,
+                                     audio_chunks=1)
     assert box.dropped_total == 4
 
 
@@ -92,11 +92,11 @@ def test_take_losses_hands_them_over_once():
     box.put(_e(10, "a", 0))
     box.put(_e(10, "a", 1))
     assert box.has_losses
-    assert list(box.take_losses()) == ["a"]
+    assert list(box.take_losses()) == [("a", IN)]
     assert not box.has_losses
     assert box.take_losses() == {}
     box.put(_e(10, "a", 2))  # drops a/1 again: a new loss, counted from scratch
-    assert box.take_losses() == {"a": Loss(IN, 1, 1, 1, 0)}
+    assert box.take_losses() == {("a", IN): Loss(1, 1, 1, 0)}
 
 
 def test_record_loss_of_a_delivery_failure_leaves_the_buffer_bytes_alone():
@@ -107,7 +107,7 @@ def test_record_loss_of_a_delivery_failure_leaves_the_buffer_bytes_alone():
     box.put(_e(10, "a", 1))
     box.record_loss(taken)
     assert (len(box), box.bytes, box.dropped_total) == (1, 10, 1)
-    assert box.take_losses() == {"a": Loss(IN, 1, 0, 0, 0)}
+    assert box.take_losses() == {("a", IN): Loss(1, 0, 0, 0)}
 
 
 def test_first_record_seq_is_the_lowest_even_when_losses_arrive_out_of_order():
@@ -118,7 +118,7 @@ def test_first_record_seq_is_the_lowest_even_when_losses_arrive_out_of_order():
     for seq in (4, 5, 6):
         box.put(_e(10, "a", seq))  # a/4 dropped to make room for a/6
     box.record_loss(in_flight)  # then a/3 fails delivery
-    assert box.take_losses() == {"a": Loss(IN, 2, 3, 4, 0)}
+    assert box.take_losses() == {("a", IN): Loss(2, 3, 4, 0)}
 
 
 def test_losses_of_records_without_a_sequence_count_but_leave_the_range_alone():
@@ -127,4 +127,13 @@ def test_losses_of_records_without_a_sequence_count_but_leave_the_range_alone():
     box.put(_e(10, "a", -1, topic=OUT))
     box.put(_e(10, "a", -1, topic=OUT))
     box.put(_e(10))
-    assert box.take_losses() == {"a": Loss(OUT, 2, -1, -1, 0)}
+    assert box.take_losses() == {("a", OUT): Loss(2, -1, -1, 0)}
+
+
+def test_losses_of_one_call_on_two_topics_are_kept_apart():
+    """Inbound and outbound losses of the same call are reported separately, each on its topic."""
+    box = Outbox(max_bytes=10)
+    box.put(_e(10, "a", 0))
+    box.put(_e(10, "a", -1, topic=OUT))  # drops a/0 (inbound)
+    box.put(_e(10))  # drops the outbound one
+    assert box.take_losses() == {("a", IN): Loss(1, 0, 0, 0), ("a", OUT): Loss(1, -1, -1, 0)}

@@ -39,7 +39,8 @@ PUMPS = [
      [2400], None),
     ("chunk split at clip size", PlayoutSettings(lead_ms=0, clip_ms=200), [150, 100],
      [3200], 0.2),
-    ("unpaced: one clip", PlayoutSettings(paced=False), [1000, 500], [24000], None),
+    ("unpaced: all at once, in clips", PlayoutSettings(paced=False), [1000, 500],
+     [3200] * 7 + [1600], None),
 ]
 
 
@@ -148,7 +149,8 @@ def test_a_clip_never_spans_a_marker_and_the_marker_waits_for_the_audio_before_i
 
 
 def test_unpaced_markers_follow_their_audio_at_once():
-    """Unpaced, audio and the markers between it are all released by one pump, in order."""
+    """Unpaced, audio (still cut at clip_ms) and the markers between it are all released by
+    one pump, in order."""
     p = Playout(PlayoutSettings(paced=False), RATE)
     a, b = _pcm(100, 1), _pcm(300, 2)
     p.enqueue_audio(a)
@@ -156,7 +158,8 @@ def test_unpaced_markers_follow_their_audio_at_once():
     p.enqueue_audio(b)
     p.enqueue_marker(HangUp())
     assert p.pump(T) == ([ReleasedAudio(a, 0), ReleasedMarker(Mark("m")),
-                          ReleasedAudio(b, 1600), ReleasedMarker(HangUp())], None)
+                          ReleasedAudio(b[:6400], 1600), ReleasedAudio(b[6400:], 4800),
+                          ReleasedMarker(HangUp())], None)
 
 
 def test_markers_on_an_idle_playout_are_released_at_once_in_order():

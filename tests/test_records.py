@@ -251,3 +251,12 @@ def test_control_sent_round_trips_through_protobuf(kind, number):
     assert pb.WhichOneof("body") == "control"
     assert (pb.control.kind, pb.control.frame) == (number, frame)
     assert outbound_pb2.ControlKind.Name(number) == "CONTROL_KIND_" + kind.name
+
+
+def test_outbound_loss_note_round_trips():
+    """An OutboundDropped note becomes an OutboundRecord 'dropped' body with its counts."""
+    pb = records.decode_outbound(records.encode_outbound(
+        m.Outbound("c1", 2.5, m.OutboundDropped(records=7, audio_clips=5)), "n1"))
+    assert pb.WhichOneof("body") == "dropped"
+    assert (pb.call_id, pb.node_id, pb.sent_unix_us) == ("c1", "n1", 2_500_000)
+    assert (pb.dropped.records, pb.dropped.audio_clips) == (7, 5)

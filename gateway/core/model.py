@@ -195,10 +195,18 @@ class ControlSent:
 
 
 @dataclass(frozen=True)
+class OutboundDropped:
+    """Audit records of the call that never reached the broker."""
+
+    records: int
+    audio_clips: int
+
+
+@dataclass(frozen=True)
 class Outbound:
     call_id: str
     at: float
-    body: AudioSent | ControlSent
+    body: AudioSent | ControlSent | OutboundDropped
 
 
 # --- effects: what the core asks the edges to do ------------------------------

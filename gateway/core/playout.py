@@ -121,10 +121,7 @@ class Playout:
 
     def _release_audio(self, now: float) -> ReleasedAudio:
         q = self._queue
-        if self._s.paced:
-            limit = self._clip_bytes
-        else:
-            limit = self._queued_samples * BYTES_PER_SAMPLE
+        limit = self._clip_bytes
         parts: list[bytes] = []
         size = 0
         # Join consecutive audio up to one clip; never across a marker.

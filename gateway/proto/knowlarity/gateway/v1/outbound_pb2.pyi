@@ -18,18 +18,28 @@ CONTROL_KIND_TRANSFER: ControlKind
 CONTROL_KIND_KILL_AUDIO: ControlKind
 
 class OutboundRecord(_message.Message):
-    __slots__ = ("call_id", "node_id", "sent_unix_us", "audio", "control")
+    __slots__ = ("call_id", "node_id", "sent_unix_us", "audio", "control", "dropped")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     SENT_UNIX_US_FIELD_NUMBER: _ClassVar[int]
     AUDIO_FIELD_NUMBER: _ClassVar[int]
     CONTROL_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     node_id: str
     sent_unix_us: int
     audio: AudioSent
     control: ControlSent
-    def __init__(self, call_id: _Optional[str] = ..., node_id: _Optional[str] = ..., sent_unix_us: _Optional[int] = ..., audio: _Optional[_Union[AudioSent, _Mapping]] = ..., control: _Optional[_Union[ControlSent, _Mapping]] = ...) -> None: ...
+    dropped: OutboundDropped
+    def __init__(self, call_id: _Optional[str] = ..., node_id: _Optional[str] = ..., sent_unix_us: _Optional[int] = ..., audio: _Optional[_Union[AudioSent, _Mapping]] = ..., control: _Optional[_Union[ControlSent, _Mapping]] = ..., dropped: _Optional[_Union[OutboundDropped, _Mapping]] = ...) -> None: ...
+
+class OutboundDropped(_message.Message):
+    __slots__ = ("records", "audio_clips")
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    AUDIO_CLIPS_FIELD_NUMBER: _ClassVar[int]
+    records: int
+    audio_clips: int
+    def __init__(self, records: _Optional[int] = ..., audio_clips: _Optional[int] = ...) -> None: ...
 
 class AudioSent(_message.Message):
     __slots__ = ("pcm", "sample_rate", "media_position_samples")
