@@ -248,6 +248,9 @@ class _EchoBot:
             client_id="knowlarity-echo-bot",
             auto_offset_reset="earliest" if settings.from_beginning else "latest",
             enable_auto_commit=True,
+            # A bot started before any node has created the inbound topic
+            # would otherwise wait for the default 5-minute metadata refresh.
+            metadata_max_age_ms=10_000,
         )
         self.producer = AIOKafkaProducer(
             bootstrap_servers=servers,
