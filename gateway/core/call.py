@@ -202,48 +202,61 @@ class Call:
             if isinstance(body, m.PlayAudio) and self.state is State.ENDING:
                 return [self._dropped(now, len(body.pcm) // BYTES_PER_SAMPLE, "call is ending")]
             return []
-        effects: list[m.Effect] = []
         if isinstance(body, m.PlayAudio):
-            pcm = body.pcm
-            if len(pcm) % BYTES_PER_SAMPLE:
-                pcm = pcm[:-1]
-                effects.append(self._dropped(now, 0, "odd-length PCM: last byte dropped"))
-            # Refuse what cannot fit before resampling it: a bot that writes 16 for
-            # 16 kHz would otherwise have the reactor build 1000 times its audio first.
-            if body.sample_rate > 0:  # soxr refuses the rest, below
-                resampled = len(pcm) // BYTES_PER_SAMPLE * self.sample_rate // body.sample_rate
-                if resampled > self._playout.free_samples:
-                    return effects + [self._dropped(now, resampled, "playout queue full")]
-            try:
-                pcm = to_call_rate(pcm, body.sample_rate, self.sample_rate)
-            except ValueError as e:  # soxr refuses absurd rates
-                return effects + [self._dropped(now, len(pcm) // 2, f"cannot resample: {e}")]
-            refused = self._playout.enqueue_audio(pcm)
-            if refused:
-                effects.append(self._dropped(now, refused, "playout queue full"))
+            effects = self._queue_audio(self._playout, body, now)
         elif isinstance(body, m.ClearAudio):
-            dropped, markers = self._playout.clear()
-            effects.append(self._record(now, m.PlaybackEvent(m.PlaybackKind.CLEARED,
-                                                             samples=dropped)))
-            if self._s.kill_audio_on_clear:
-                frame = codec.encode_kill_audio()
-                effects += [m.SendText(frame), self._outbound(
-                    now, m.ControlSent(m.ControlKind.KILL_AUDIO, frame))]
-            for marker in markers:
-                effects += self._release_marker(marker, now)
-                if self.state is not State.ACTIVE:
-                    return effects
+            effects = self._clear(self._playout, now)
+            if self.state is not State.ACTIVE:
+                return effects
         elif isinstance(body, m.Transfer):
             try:
                 codec.check_transfer_parameters(body.parameters)
             except ValueError as e:
                 return [self._record(now, m.CommandRejected(cmd.command_id, str(e)))]
             self._playout.enqueue_marker(body)
+            effects = []
         elif isinstance(body, m.Mark | m.HangUp):
             self._playout.enqueue_marker(body)
+            effects = []
         else:  # pragma: no cover - the union is exhaustive
             raise UsageError(f"unknown command {body!r}")
         return effects + self._pump(now)
+
+    def _queue_audio(self, playout: Playout, body: m.PlayAudio, now: float) -> list[m.Effect]:
+        effects: list[m.Effect] = []
+        pcm = body.pcm
+        if len(pcm) % BYTES_PER_SAMPLE:
+            pcm = pcm[:-1]
+            effects.append(self._dropped(now, 0, "odd-length PCM: last byte dropped"))
+        # Refuse what cannot fit before resampling it: a bot that writes 16 for
+        # 16 kHz would otherwise have the reactor build 1000 times its audio first.
+        if body.sample_rate > 0:  # soxr refuses the rest, below
+            resampled = len(pcm) // BYTES_PER_SAMPLE * self.sample_rate // body.sample_rate
+            if resampled > playout.free_samples:
+                return effects + [self._dropped(now, resampled, "playout queue full")]
+        try:
+            pcm = to_call_rate(pcm, body.sample_rate, self.sample_rate)
+        except ValueError as e:  # soxr refuses absurd rates
+            return effects + [self._dropped(now, len(pcm) // 2, f"cannot resample: {e}")]
+        refused = playout.enqueue_audio(pcm)
+        if refused:
+            effects.append(self._dropped(now, refused, "playout queue full"))
+        return effects
+
+    def _clear(self, playout: Playout, now: float) -> list[m.Effect]:
+        """Drop queued audio; the markers it held are due at once (a hang-up still happens)."""
+        dropped, markers = playout.clear()
+        effects: list[m.Effect] = [
+            self._record(now, m.PlaybackEvent(m.PlaybackKind.CLEARED, samples=dropped))]
+        if self._s.kill_audio_on_clear:
+            frame = codec.encode_kill_audio()
+            effects += [m.SendText(frame),
+                        self._outbound(now, m.ControlSent(m.ControlKind.KILL_AUDIO, frame))]
+        for marker in markers:
+            effects += self._release_marker(marker, now)
+            if self.state is not State.ACTIVE:
+                break
+        return effects
 
     def end(self, reason: m.EndReason, detail: str, close_code: int,
             now: float) -> list[m.Effect]:
