@@ -206,6 +206,7 @@ class ProviderFactory(WebSocketServerFactory):
 
     def __init__(self, node: Node, url: str = "ws://0.0.0.0") -> None:
         super().__init__(url)
+        self.noisy = False  # no "Starting/Stopping factory" lines
         self.node = node
         c = node.config
         self.setProtocolOptions(
