@@ -83,6 +83,9 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("idle_timeout_s", "KGW_IDLE_TIMEOUT_S", "60",
             "end a call after this long without any frame from the provider (0: never)",
             non_negative(_finite)),
+    Setting("aggregate_ms", "KGW_AGGREGATE_MS", "0",
+            "caller audio per inbound record (0: one record per frame); saves CPU, adds up to "
+            "this much latency", non_negative(int)),
     Setting("audio_content_type", "KGW_AUDIO_CONTENT_TYPE", "wave",
             "playAudio encoding: wave (documented) or raw", choice("wave", "raw")),
     Setting("kill_audio_on_clear", "KGW_KILL_AUDIO_ON_CLEAR", "false",
@@ -149,6 +152,7 @@ class NodeConfig:
             start_timeout_s=v.pop("start_timeout_s"),
             ending_timeout_s=v.pop("ending_timeout_s"),
             idle_timeout_s=v.pop("idle_timeout_s"),
+            aggregate_ms=v.pop("aggregate_ms"),
             content_type=AudioContentType(v.pop("audio_content_type")),
             kill_audio_on_clear=v.pop("kill_audio_on_clear"),
             playout=PlayoutSettings(

@@ -15,6 +15,7 @@ import pytest
 
 from gateway.core import model as m
 from gateway.core.call import (
+    AGGREGATE_TIMER,
     ENDING_TIMER,
     IDLE_TIMER,
     PLAYOUT_TIMER,
@@ -39,7 +40,8 @@ T0 = 1000.0
 REPLY = "knowlarity.calls.commands.node-a"
 PATH = "/vaani/knowlarity/setup-call-streams"
 CALL_ID = "aosi-adfad-23-ad"  # the uuid in start_json.txt
-ALL_TIMERS = [m.CancelTimer(t) for t in (START_TIMER, IDLE_TIMER, ENDING_TIMER, PLAYOUT_TIMER)]
+ALL_TIMERS = [m.CancelTimer(t) for t in (START_TIMER, IDLE_TIMER, ENDING_TIMER, PLAYOUT_TIMER,
+                                          AGGREGATE_TIMER)]
 HANG_UP_FRAME = {
     "type": "playAudio",
     "data": {"audioContentType": "wave", "audioContent": "None",
@@ -231,7 +233,7 @@ def test_bad_start_closes_1007_without_records(name):
     call.opened(T0)
     effects = call.on_text(_read(name), T0 + 0.1)
     assert _published(effects) == []
-    assert effects[:4] == ALL_TIMERS
+    assert effects[:len(ALL_TIMERS)] == ALL_TIMERS
     (close,) = _closes(effects)
     assert close.code == 1007
     assert call.ended
@@ -346,7 +348,7 @@ def test_socket_close_after_start_ends_the_call_once(code, clean, reason, close_
     assert ended == m.CallEnded(reason=reason, detail=ended.detail, close_code=close_code,
                                 audio_chunks=2, audio_samples=480, duration_ms=2250)
     assert _closes(effects) == []
-    assert effects[-4:] == ALL_TIMERS
+    assert effects[-len(ALL_TIMERS):] == ALL_TIMERS
     assert call.end_reason is reason
     assert _published(effects)[-1].record_seq == 3
     assert call.on_socket_closed(code, clean, T0 + 3) == []
@@ -782,7 +784,7 @@ def test_provider_closing_after_hang_up_or_transfer_ends_with_that_reason(body, 
     (ended,) = _ended(effects)
     assert (ended.reason, ended.close_code, ended.duration_ms) == (reason, 1000, 1500)
     assert _closes(effects) == []
-    assert effects[-4:] == ALL_TIMERS
+    assert effects[-len(ALL_TIMERS):] == ALL_TIMERS
 
 
 @pytest.mark.parametrize("body", [m.HangUp(), m.Transfer((("parameter1", "default"),))])
@@ -854,7 +856,8 @@ def test_node_shutdown_ends_the_call_and_closes_with_1001():
     (ended,) = _ended(effects)
     assert ended == m.CallEnded(m.EndReason.NODE_SHUTDOWN, "node shutting down", 1001,
                                 audio_chunks=0, audio_samples=0, duration_ms=4000)
-    assert effects[-5:] == ALL_TIMERS + [m.CloseSocket(1001, "node shutting down")]
+    assert effects[-len(ALL_TIMERS) - 1:] == ALL_TIMERS + [
+        m.CloseSocket(1001, "node shutting down")]
 
 
 def test_end_before_start_closes_without_records():
@@ -913,3 +916,43 @@ def test_play_audio_at_rate_zero_is_reported_not_raised():
     (event,) = _bodies(effects, m.PlaybackEvent)
     assert (event.kind, event.samples) == (m.PlaybackKind.AUDIO_DROPPED, 100)
     assert event.detail.startswith("cannot resample")
+
+
+# --- aggregation of caller audio ------------------------------------------------------
+
+
+def test_aggregation_publishes_one_record_per_interval_with_the_first_frames_time():
+    """With aggregate_ms 60, three 20 ms frames become one record stamped with the first
+    frame's receive time, and the bytes are the frames joined in order."""
+    call = _started(CallSettings(aggregate_ms=60))
+    frames = [_pcm(320, seed) for seed in (1, 2, 3, 4)]
+    effects = []
+    for i, f in enumerate(frames):
+        effects += call.on_binary(f, T0 + 1 + i * 0.02)
+    (first,) = _bodies(effects, m.CallerAudio)
+    assert first.pcm == frames[0] + frames[1] + frames[2]
+    assert (first.seq, first.media_position_samples, first.received_at) == (0, 0, T0 + 1)
+    assert [e for e in effects if isinstance(e, m.SetTimer) and e.name == AGGREGATE_TIMER] == [
+        m.SetTimer(AGGREGATE_TIMER, 0.09), m.SetTimer(AGGREGATE_TIMER, 0.09)]
+    # The fourth frame is held until the timer fires (the caller's stream paused).
+    (second,) = _bodies(call.on_timer(AGGREGATE_TIMER, T0 + 1.2), m.CallerAudio)
+    assert (second.pcm, second.seq, second.media_position_samples, second.received_at) == (
+        frames[3], 1, 960, T0 + 1.06)
+
+
+def test_aggregated_audio_is_flushed_before_the_call_ends():
+    """Audio held for aggregation is published before the CallEnded, and counted in it."""
+    call = _started(CallSettings(aggregate_ms=100))
+    call.on_binary(_pcm(320), T0 + 1)
+    effects = call.on_socket_closed(1000, True, T0 + 1.01)
+    kinds = [type(r.body) for r in _published(effects)]
+    assert kinds == [m.CallerAudio, m.CallEnded]
+    assert _ended(effects)[0].audio_samples == 320
+
+
+def test_aggregation_flushes_on_a_zero_length_frame():
+    """A zero-length frame (the caller's end of stream) publishes what is held at once."""
+    call = _started(CallSettings(aggregate_ms=100))
+    call.on_binary(_pcm(320), T0 + 1)
+    (chunk,) = _bodies(call.on_binary(b"", T0 + 1.02), m.CallerAudio)
+    assert chunk.pcm == _pcm(320)

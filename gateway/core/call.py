@@ -43,6 +43,7 @@ START_TIMER = "start"
 IDLE_TIMER = "idle"
 ENDING_TIMER = "ending"
 PLAYOUT_TIMER = "playout"
+AGGREGATE_TIMER = "aggregate"
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class CallSettings:
     # Text frames after the start message: a sustained rate above this is a flood.
     max_text_frames_per_s: float = 20.0
     text_burst: int = 100
+    # Caller audio per inbound record, in ms; 0 publishes each frame as it comes.
+    aggregate_ms: int = 0
     playout: PlayoutSettings = field(default_factory=PlayoutSettings)
 
 
@@ -86,7 +89,12 @@ class Call:
         self.end_reason: m.EndReason | None = None
         self._record_seq = 0
         self._audio_seq = 0
-        self._media_samples = 0
+        self._media_samples = 0  # caller audio received
+        self._published_samples = 0  # ... of which published (the rest is held)
+        self._held: list[bytes] = []
+        self._held_samples = 0
+        self._held_since = 0.0
+        self._aggregate_samples = 0
         self._aligner = codec.PcmAligner()
         self._playout: Playout | None = None
         self._opened_at = 0.0
@@ -121,19 +129,14 @@ class Call:
             pcm = self._aligner.push(data)
             if not pcm:
                 # A zero-length frame marks the end of the caller's stream; the
-                # close follows. Nothing to publish.
-                return []
-            samples = len(pcm) // BYTES_PER_SAMPLE
-            chunk = m.CallerAudio(
-                seq=self._audio_seq,
-                media_position_samples=self._media_samples,
-                received_at=now,
-                pcm=pcm,
-                sample_rate=self.sample_rate,
-            )
-            self._audio_seq += 1
-            self._media_samples += samples
-            effects: list[m.Effect] = [self._record(now, chunk)]
+                # close follows. Publish what is held back.
+                return self._flush_audio(now)
+            effects: list[m.Effect]
+            if self._aggregate_samples:
+                effects = self._hold_audio(pcm, now)
+            else:
+                effects = [self._audio_record(pcm, now, now)]
+            self._media_samples += len(pcm) // BYTES_PER_SAMPLE
             if self._is_audio_flood(now):
                 effects += self._fail(
                     ProtocolError("caller audio faster than real time", CloseCode.POLICY_VIOLATION),
@@ -145,6 +148,41 @@ class Call:
                 ProtocolError("audio before the start message", CloseCode.UNSUPPORTED_DATA), now
             )
         return []
+
+    def _audio_record(self, pcm: bytes, received_at: float, now: float) -> m.Publish:
+        chunk = m.CallerAudio(
+            seq=self._audio_seq,
+            media_position_samples=self._published_samples,
+            received_at=received_at,
+            pcm=pcm,
+            sample_rate=self.sample_rate,
+        )
+        self._audio_seq += 1
+        self._published_samples += len(pcm) // BYTES_PER_SAMPLE
+        return self._record(now, chunk)
+
+    def _hold_audio(self, pcm: bytes, now: float) -> list[m.Effect]:
+        """Aggregation: one record per ``aggregate_ms`` of caller audio, fewer records to pay
+        for. The record's receive time is its first frame's, so latency figures include
+        the wait."""
+        effects: list[m.Effect] = []
+        if not self._held:
+            self._held_since = now
+            # Flushed by the timer if the caller's stream pauses.
+            effects.append(m.SetTimer(AGGREGATE_TIMER, self._s.aggregate_ms / 1000 * 1.5))
+        self._held.append(pcm)
+        self._held_samples += len(pcm) // BYTES_PER_SAMPLE
+        if self._held_samples >= self._aggregate_samples:
+            effects += self._flush_audio(now)
+        return effects
+
+    def _flush_audio(self, now: float) -> list[m.Effect]:
+        if not self._held:
+            return []
+        pcm = self._held[0] if len(self._held) == 1 else b"".join(self._held)
+        self._held = []
+        self._held_samples = 0
+        return [m.CancelTimer(AGGREGATE_TIMER), self._audio_record(pcm, self._held_since, now)]
 
     def on_socket_closed(self, code: int | None, clean: bool, now: float) -> list[m.Effect]:
         """The socket is gone (whoever closed it). Ends the call if still open."""
@@ -194,6 +232,8 @@ class Call:
             )
         if name == PLAYOUT_TIMER:
             return self._pump(now)
+        if name == AGGREGATE_TIMER:
+            return self._flush_audio(now)
         return []
 
     def on_command(self, cmd: m.Command, now: float) -> list[m.Effect]:
@@ -284,6 +324,7 @@ class Call:
         self._started_at = now
         self._text_refill_at = now
         self._playout = Playout(self._s.playout, start.sample_rate)
+        self._aggregate_samples = self._s.aggregate_ms * start.sample_rate // 1000
         effects: list[m.Effect] = [
             m.CancelTimer(START_TIMER),
             self._record(now, m.CallStarted(start, self._reply_topic, self._request_path)),
@@ -354,7 +395,7 @@ class Call:
     def _end(self, reason: m.EndReason, detail: str, close_code: int, now: float,
              close: str | None) -> list[m.Effect]:
         """Publish the one CallEnded; ``close`` is the reason to close the socket with, if open."""
-        effects = self._drop_queue(now, "call ended")
+        effects = self._flush_audio(now) + self._drop_queue(now, "call ended")
         self.state = State.ENDED
         self.end_reason = reason
         effects.append(self._record(now, m.CallEnded(
@@ -379,7 +420,8 @@ class Call:
                          close=err.reason)
 
     def _cancel_all(self) -> list[m.Effect]:
-        return [m.CancelTimer(t) for t in (START_TIMER, IDLE_TIMER, ENDING_TIMER, PLAYOUT_TIMER)]
+        timers = (START_TIMER, IDLE_TIMER, ENDING_TIMER, PLAYOUT_TIMER, AGGREGATE_TIMER)
+        return [m.CancelTimer(t) for t in timers]
 
     def _take_text_token(self, now: float) -> None:
         s = self._s
