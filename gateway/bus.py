@@ -10,12 +10,14 @@ one whose delivery failed, is reported on the bus as RecordsDropped.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.partitioner import murmur2
 from twisted.logger import Logger
 
 from gateway import records
@@ -28,7 +30,9 @@ log = Logger()
 
 # Records moved from the outbox into aiokafka per wake-up; bounds what is
 # outside the outbox's accounting while the producer blocks.
-_TAKE = 256
+_TAKE = 2000
+# aiokafka's batch size: larger batches, fewer requests and futures.
+_BATCH_BYTES = 256 * 1024
 
 
 async def ensure_topics(bootstrap: str, specs: list[tuple[str, int, int]]) -> None:
@@ -64,6 +68,10 @@ class Bus:
         self._consumer: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._in_flight = 0
+        # Partition counts are read once at start: a topic that gains partitions
+        # later needs a node restart (and remaps calls, as for any keyed producer).
+        self._partition_counts: dict[str, int] = {}
+        self._partitions: dict[tuple[str, bytes], int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
         # False from a failed delivery until the next success: readiness.
@@ -85,9 +93,12 @@ class Bus:
             acks="all",
             enable_idempotence=True,
             linger_ms=c.linger_ms,
+            max_batch_size=_BATCH_BYTES,
             client_id=f"kgw-{c.node_id}",
         )
         await self._producer.start()
+        for topic in (c.inbound_topic, c.outbound_topic):
+            self._partition_counts[topic] = len(await self._producer.partitions_for(topic))
         self._set_delivering(True)
         # No consumer group: this node alone reads its topic, and a restarted
         # node has no calls, so it starts at the end.
@@ -130,14 +141,22 @@ class Bus:
     # --- publishing --------------------------------------------------------------
 
     def publish(self, rec: m.Inbound) -> None:
+        topic = self._c.inbound_topic
+        key = rec.call_id.encode()
         value = records.encode_inbound(rec, self._node_id)
-        self._put(Entry(self._c.inbound_topic, rec.call_id.encode(), value, rec.call_id,
-                        rec.record_seq, isinstance(rec.body, m.CallerAudio)))
+        self._put(Entry(topic, key, value, rec.call_id, rec.record_seq,
+                        isinstance(rec.body, m.CallerAudio), self._partition(topic, key)))
+        if isinstance(rec.body, m.CallEnded):
+            # The call's last record: forget its cached partitions.
+            self._partitions.pop((topic, key), None)
+            self._partitions.pop((self._c.outbound_topic, key), None)
 
     def publish_outbound(self, rec: m.Outbound) -> None:
+        topic = self._c.outbound_topic
+        key = rec.call_id.encode()
         value = records.encode_outbound(rec, self._node_id)
-        self._put(Entry(self._c.outbound_topic, rec.call_id.encode(), value, rec.call_id,
-                        is_audio=isinstance(rec.body, m.AudioSent)))
+        self._put(Entry(topic, key, value, rec.call_id, is_audio=isinstance(rec.body, m.AudioSent),
+                        partition=self._partition(topic, key)))
 
     def _put(self, entry: Entry) -> None:
         dropped = self.outbox.put(entry)
@@ -146,8 +165,6 @@ class Bus:
         self._wake.set()
 
     async def _drain_loop(self) -> None:
-        producer = self._producer
-        assert producer is not None
         outbox = self.outbox
         while True:
             if not len(outbox) and not outbox.has_losses:
@@ -158,53 +175,87 @@ class Bus:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            for (call_id, topic), loss in outbox.take_losses().items():
-                log.warn("call {call_id}: {records} records to {topic} lost before reaching "
-                         "Kafka", call_id=call_id, records=loss.records, topic=topic)
-                await self._send(Entry(topic, call_id.encode(), self._loss_note(call_id, topic,
-                                                                                loss)))
-            for entry in outbox.take(_TAKE):
-                await self._send(entry)
+            # Loss notes go first: what they stand for is older than what waits.
+            entries = [self._loss_note(call_id, topic, loss)
+                       for (call_id, topic), loss in outbox.take_losses().items()]
+            entries += outbox.take(_TAKE)
+            await self._send_batches(entries)
             self._metrics.buffer_records.set(len(outbox))
             self._metrics.buffer_bytes.set(outbox.bytes)
 
-    def _loss_note(self, call_id: str, topic: str, loss: Loss) -> bytes:
+    def _loss_note(self, call_id: str, topic: str, loss: Loss) -> Entry:
         """The record that takes the lost ones' place, on the topic they were meant for."""
+        log.warn("call {call_id}: {records} records to {topic} lost before reaching Kafka",
+                 call_id=call_id, records=loss.records, topic=topic)
         now = time.time()
         if topic == self._c.inbound_topic:
-            return records.encode_inbound(m.Inbound(
+            value = records.encode_inbound(m.Inbound(
                 call_id, loss.last_record_seq, now,
                 m.RecordsDropped(loss.records, loss.first_record_seq, loss.last_record_seq,
                                  loss.audio_chunks, topic)), self._node_id)
-        return records.encode_outbound(
-            m.Outbound(call_id, now, m.OutboundDropped(loss.records, loss.audio_chunks)),
-            self._node_id)
+        else:
+            value = records.encode_outbound(
+                m.Outbound(call_id, now, m.OutboundDropped(loss.records, loss.audio_chunks)),
+                self._node_id)
+        key = call_id.encode()
+        # No call id on the entry: a note that fails is not noted again.
+        return Entry(topic, key, value, partition=self._partition(topic, key))
 
-    async def _send(self, entry: Entry) -> None:
+    async def _send_batches(self, entries: list[Entry]) -> None:
+        """One aiokafka batch per partition instead of one send() per record: the
+        per-record future, coroutine and partitioner calls were most of the bus's cost."""
         producer = self._producer
         assert producer is not None
+        by_partition: dict[tuple[str, int], list[Entry]] = {}
+        for e in entries:
+            by_partition.setdefault((e.topic, e.partition), []).append(e)
         queued_at = time.monotonic()
-        try:
-            # Blocks only while aiokafka's own buffer is full (broker away);
-            # meanwhile new records wait in the outbox.
-            fut = await producer.send(entry.topic, entry.value, key=entry.key)
-        except KafkaError as e:
-            self._lost(entry, e)
-            return
-        self._in_flight += 1
-        fut.add_done_callback(lambda f: self._delivered(f, entry, queued_at))
+        for (topic, partition), group in by_partition.items():
+            i = 0
+            while i < len(group):
+                batch = producer.create_batch()
+                first = i
+                while i < len(group) and batch.append(
+                        key=group[i].key, value=group[i].value, timestamp=None) is not None:
+                    i += 1
+                if i == first:  # larger than a whole batch: Kafka would refuse it too
+                    self._lost(group[i], None)
+                    i += 1
+                    continue
+                sent = group[first:i]
+                try:
+                    # Waits only while this partition's previous batch is still
+                    # queued (broker slow or away); new records wait in the outbox.
+                    fut = await producer.send_batch(batch, topic, partition=partition)
+                except KafkaError as e:
+                    for entry in sent:
+                        self._lost(entry, e)
+                    continue
+                self._in_flight += len(sent)
+                fut.add_done_callback(functools.partial(self._delivered, sent, queued_at))
 
-    def _delivered(self, fut: asyncio.Future[object], entry: Entry, queued_at: float) -> None:
-        self._in_flight -= 1
+    def _delivered(self, sent: list[Entry], queued_at: float, fut: asyncio.Future[object]) -> None:
+        self._in_flight -= len(sent)
         if fut.cancelled() or fut.exception() is not None:
-            self._lost(entry, fut.exception() if not fut.cancelled() else None)
+            err = None if fut.cancelled() else fut.exception()
+            for entry in sent:
+                self._lost(entry, err)
         else:
-            self._metrics.records_produced.inc()
+            self._metrics.records_produced.inc(len(sent))
             self._metrics.produce_latency.observe(time.monotonic() - queued_at)
             if not self.delivering:
                 self._set_delivering(True)
         if not self._in_flight:
             self._wake.set()
+
+    def _partition(self, topic: str, key: bytes) -> int:
+        """Kafka's default (murmur2) partition for a key, cached: aiokafka computes it in
+        pure Python, about 15 us a record."""
+        cached = self._partitions.get((topic, key))
+        if cached is None:
+            n = self._partition_counts[topic]
+            cached = self._partitions[(topic, key)] = (murmur2(key) & 0x7FFFFFFF) % n
+        return cached
 
     def _lost(self, entry: Entry, err: BaseException | None) -> None:
         self._metrics.records_dropped.labels("delivery_failed").inc()

@@ -25,6 +25,7 @@ class Entry:
     call_id: str = ""
     record_seq: int = -1
     is_audio: bool = False
+    partition: int = 0
 
 
 @dataclass
