@@ -52,6 +52,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from gateway import dev, simulator
+    from gateway.bench import command as bench_command
     from gateway.bot import echo
     from gateway.config import add_node_arguments
 
@@ -80,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
     dev_p = sub.add_parser("dev", help="local Kafka + gateway + echo bot, in the foreground")
     dev.add_arguments(dev_p)
     dev_p.set_defaults(func=dev.run)
+
+    bench_p = sub.add_parser("bench", help="measure CPU, memory and latency under N calls")
+    bench_command.add_arguments(bench_p)
+    bench_p.set_defaults(func=bench_command.run)
     return parser
 
 

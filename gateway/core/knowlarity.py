@@ -388,18 +388,20 @@ def encode_play_audio(
     pcm: bytes, sample_rate: int, content_type: AudioContentType = AudioContentType.WAVE
 ) -> str:
     """A ``playAudio`` frame carrying ``pcm`` as a base64 WAV clip or as raw PCM."""
+    # Written out rather than json.dumps'd: this runs for every clip sent, and
+    # base64 text never needs JSON escaping. Tests pin the exact frames.
     if content_type is AudioContentType.WAVE:
-        data: dict[str, object] = {
-            "audioContentType": "wave",
-            "audioContent": _b64(encode_wav(pcm, sample_rate)),
-        }
-    else:
-        if len(pcm) % 2:
-            raise ValueError(f"PCM must hold whole 16-bit samples; got {len(pcm)} bytes (odd)")
-        if sample_rate <= 0:
-            raise ValueError(f"sample rate must be positive; got {sample_rate}")
-        data = {"audioContentType": "raw", "sampleRate": sample_rate, "audioContent": _b64(pcm)}
-    return json.dumps({"type": "playAudio", "data": data}, separators=_COMPACT)
+        return _PLAY_WAVE % _b64(encode_wav(pcm, sample_rate))
+    if len(pcm) % 2:
+        raise ValueError(f"PCM must hold whole 16-bit samples; got {len(pcm)} bytes (odd)")
+    if sample_rate <= 0:
+        raise ValueError(f"sample rate must be positive; got {sample_rate}")
+    return _PLAY_RAW % (int(sample_rate), _b64(pcm))
+
+
+_PLAY_WAVE = '{"type":"playAudio","data":{"audioContentType":"wave","audioContent":"%s"}}'
+_PLAY_RAW = ('{"type":"playAudio","data":{"audioContentType":"raw","sampleRate":%d,'
+             '"audioContent":"%s"}}')
 
 
 def encode_hang_up() -> str:
