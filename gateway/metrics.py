@@ -22,6 +22,9 @@ class Metrics:
             "kgw_sockets_closed_unstarted", "sockets closed before a valid start message",
             registry=r)
         self.frames_in = Counter("kgw_frames_in", "frames from the provider", ["kind"], registry=r)
+        # Bound once: labels() is a locked dict lookup, too dear for every frame.
+        self.frames_in_binary = self.frames_in.labels("binary")
+        self.frames_in_text = self.frames_in.labels("text")
         self.bytes_in = Counter("kgw_bytes_in", "payload bytes from the provider", registry=r)
         self.frames_out = Counter("kgw_frames_out", "frames to the provider", registry=r)
         self.bytes_out = Counter("kgw_bytes_out", "payload bytes to the provider", registry=r)

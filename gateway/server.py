@@ -104,13 +104,13 @@ class ProviderProtocol(WebSocketServerProtocol):
             return
         node = self.factory.node
         now = node.clock.seconds()
+        metrics = node.metrics
+        metrics.bytes_in.inc(len(payload))
         if isBinary:
-            node.metrics.frames_in.labels("binary").inc()
-            node.metrics.bytes_in.inc(len(payload))
+            metrics.frames_in_binary.inc()
             self._run(call.on_binary(payload, now))
             return
-        node.metrics.frames_in.labels("text").inc()
-        node.metrics.bytes_in.inc(len(payload))
+        metrics.frames_in_text.inc()
         # Autobahn has already refused invalid UTF-8 in text frames.
         text = payload.decode("utf-8")
         awaiting = call.state is State.AWAITING_START
