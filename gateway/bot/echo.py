@@ -258,6 +258,10 @@ class _EchoBot:
             acks="all",
             enable_idempotence=True,
             linger_ms=2,
+            # A node's commands topic has one partition, and aiokafka keeps one
+            # batch per partition in flight: at the default 16 KiB (about 20
+            # echo chunks) commands queue up behind each other under load.
+            max_batch_size=512 * 1024,
         )
 
     async def run(self, ready: asyncio.Event | None, stop: asyncio.Event) -> EchoBotStats:
