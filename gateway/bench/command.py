@@ -1,0 +1,79 @@
+"""``knowlarity-gateway bench``: one measurement against a broker it starts (or is given)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from gateway.bench.run import Load, bench_once
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calls", type=int, default=100, help="concurrent calls (default 100)")
+    p.add_argument("--seconds", type=float, default=20.0, help="length of each call")
+    p.add_argument("--warmup", type=float, default=3.0,
+                   help="seconds after the ramp before measuring")
+    p.add_argument("--ramp", type=float, default=2.0, help="spread call starts over this")
+    p.add_argument("--kafka", default="", help="use this broker instead of starting one")
+    p.add_argument("--gateways", type=int, default=1, help="gateway processes sharing the calls")
+    p.add_argument("--loadgen-procs", type=int, default=1, help="load generator processes")
+    p.add_argument("--aggregate-ms", type=int, default=0,
+                   help="the node's --aggregate-ms (0: its default)")
+    p.add_argument("--no-ceilings", action="store_true",
+                   help="measure the gateway only (no bare Autobahn / aiokafka / peer runs)")
+    p.add_argument("--log-dir", type=Path, default=None, help="keep the processes' logs here")
+    p.add_argument("--json", action="store_true", help="last line: one JSON object")
+
+
+@contextmanager
+def broker(given: str) -> Iterator[str]:
+    if given:
+        yield given
+        return
+    from gateway.localkafka import LocalKafka
+
+    with LocalKafka(heap_mb=768) as kafka:
+        yield kafka.bootstrap
+
+
+def run(args: argparse.Namespace) -> int:
+    load = Load(calls=args.calls, seconds=args.seconds, warmup=args.warmup, ramp=args.ramp,
+                loadgen_procs=args.loadgen_procs, gateways=args.gateways,
+                aggregate_ms=args.aggregate_ms)
+    if args.log_dir:
+        args.log_dir.mkdir(parents=True, exist_ok=True)
+    with broker(args.kafka) as bootstrap:
+        result = bench_once(bootstrap, load, ceilings=not args.no_ceilings,
+                            log_dir=args.log_dir)
+    print(summary(result))
+    if args.json:
+        print(json.dumps(result, separators=(",", ":")))
+    return 0
+
+
+def summary(r: dict[str, Any]) -> str:
+    lines = [
+        f"{r['calls']} calls x {r['seconds']:g} s through {r['gateways']} gateway process(es)",
+        f"  gateway CPU     {r['gateway_cpu_ms_per_call_s']} ms per call-second"
+        f"   (RSS {r['rss_kb_per_call']} KB per call)",
+        f"  frames lost     {r['frames_lost']}",
+        f"  inbound  ms     p50 {r['inbound_p50_ms']}  p95 {r['inbound_p95_ms']}"
+        f"  p99 {r['inbound_p99_ms']}  max {r['inbound_max_ms']}",
+        f"  command  ms     p50 {r['command_p50_ms']}  p99 {r['command_p99_ms']}"
+        f"  max {r['command_max_ms']}",
+        f"  load generator  {r['loadgen_cpu_pct']} % of a core",
+    ]
+    if "autobahn_cpu_ms_per_call_s" in r:
+        lines += [
+            f"  bare Autobahn   {r['autobahn_cpu_ms_per_call_s']} ms per call-second"
+            f"   (gateway / Autobahn = {r['gateway_vs_autobahn']})",
+            f"  websockets peer {r['websockets_peer_cpu_ms_per_call_s']} ms per call-second"
+            f"   (gateway / peer = {r['gateway_vs_peer']})",
+            f"  bare aiokafka   {r['aiokafka_produce_us_per_record']} us CPU per record",
+        ]
+    lines.append(f"  logs            {r['log_dir']}")
+    return "\n".join(lines)
