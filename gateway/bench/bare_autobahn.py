@@ -52,7 +52,8 @@ class Counters:
         return dict(vars(self))
 
 
-def build_factory(counters: Counters, paths: Sequence[str], max_frame_bytes: int) -> Any:
+def build_factory(counters: Counters, paths: Sequence[str], max_frame_bytes: int,
+                  echo_every: int = 1) -> Any:
     """The server factory; imported lazily so the reactor is installed first."""
     from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
     from autobahn.util import encode_truncate
@@ -67,6 +68,9 @@ def build_factory(counters: Counters, paths: Sequence[str], max_frame_bytes: int
         rate = 0
         call_id = ""
         aligner: PcmAligner | None = None
+
+        def onOpen(self) -> None:
+            self.held: list[bytes] = []
 
         def onConnect(self, request: ConnectionRequest) -> str | None:
             ok, path_id = match_path(request.path, accepted)
@@ -84,9 +88,15 @@ def build_factory(counters: Counters, paths: Sequence[str], max_frame_bytes: int
                     return
                 pcm = aligner.push(payload)
                 if pcm:
-                    self.sendMessage(encode_play_audio(pcm, self.rate, wave).encode(),
-                                     isBinary=False)
-                    counters.frames_out += 1
+                    # Echo every Nth frame's worth, joined, to mirror a gateway that
+                    # aggregates N frames per record (the bot then echoes N at once).
+                    self.held.append(pcm)
+                    if len(self.held) >= echo_every:
+                        joined = b"".join(self.held)
+                        self.held.clear()
+                        self.sendMessage(encode_play_audio(joined, self.rate, wave).encode(),
+                                         isBinary=False)
+                        counters.frames_out += 1
                 return
             if self.aligner is not None:
                 return  # a later provider event: nothing to do without a bus
@@ -126,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paths", default=",".join(_DEFAULTS.paths),
                    help="accepted WebSocket paths, as the gateway's --paths")
     p.add_argument("--max-frame-bytes", type=int, default=_DEFAULTS.max_frame_bytes)
+    p.add_argument("--echo-every", type=int, default=1,
+                   help="send one playAudio per N audio frames, joined (default 1)")
     return p
 
 
@@ -137,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     counters = Counters()
     factory = build_factory(counters, [p for p in args.paths.split(",") if p],
-                            args.max_frame_bytes)
+                            args.max_frame_bytes, args.echo_every)
     mark: dict[str, float] = {}
     status = {"code": 0}
 

@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-ceilings", action="store_true",
                    help="measure the gateway only (no bare Autobahn / aiokafka / peer runs)")
     p.add_argument("--log-dir", type=Path, default=None, help="keep the processes' logs here")
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy the gateway during the window (raw stacks in the log dir)")
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
 
 
@@ -36,14 +38,14 @@ def broker(given: str) -> Iterator[str]:
         return
     from gateway.localkafka import LocalKafka
 
-    with LocalKafka(heap_mb=768) as kafka:
+    with LocalKafka(heap_mb=1024, fast_start=False) as kafka:
         yield kafka.bootstrap
 
 
 def run(args: argparse.Namespace) -> int:
     load = Load(calls=args.calls, seconds=args.seconds, warmup=args.warmup, ramp=args.ramp,
                 loadgen_procs=args.loadgen_procs, gateways=args.gateways,
-                aggregate_ms=args.aggregate_ms)
+                aggregate_ms=args.aggregate_ms, profile=args.profile)
     if args.log_dir:
         args.log_dir.mkdir(parents=True, exist_ok=True)
     with broker(args.kafka) as bootstrap:

@@ -9,6 +9,8 @@ call-seconds in that window.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -32,6 +34,8 @@ class Load:
     gateways: int = 1
     # Caller frames per inbound record, in ms (0: the node's default).
     aggregate_ms: int = 0
+    # py-spy the gateway during the window (its own CPU then reads high).
+    profile: bool = False
 
     @property
     def window(self) -> tuple[float, float]:
@@ -52,19 +56,27 @@ class Sampled:
 
 
 class _Window:
-    """Samples CPU of some processes at the window's start and end."""
+    """Samples CPU of some processes at the window's start and end (and can profile them)."""
 
-    def __init__(self, pids: list[int], load: Load) -> None:
+    def __init__(self, pids: list[int], load: Load, profile_to: Path | None = None) -> None:
         self._pids = pids
         self._load = load
+        self._profile_to = profile_to
         self.idle_rss = [rss_kb(p) for p in pids]
 
     def run(self, t0: float) -> list[Sampled]:
         lo, hi = self._load.window
         _sleep_until(t0 + lo)
         before = [cpu_seconds(p) for p in self._pids]
+        spies = [] if self._profile_to is None else [subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid),
+             "-d", str(int(hi - lo)), "-r", "100", "-f", "raw",
+             "-o", str(self._profile_to / f"profile-{pid}.txt")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in self._pids]
         _sleep_until(t0 + hi)
         after = [cpu_seconds(p) for p in self._pids]
+        for spy in spies:
+            spy.wait(30)
         return [Sampled(a - b, rss_kb(p), idle)
                 for p, a, b, idle in zip(self._pids, after, before, self.idle_rss, strict=True)]
 
@@ -149,7 +161,7 @@ def measure_gateway(bootstrap: str, load: Load, log_dir: Path) -> dict[str, Any]
                       log_dir)
         others.append(probe)
         probe.wait_for_line("event=probe_ready", 60)
-        window = _Window([n.pid for n in nodes], load)
+        window = _Window([n.pid for n in nodes], load, log_dir if load.profile else None)
         _sleep_until(t0)
         gens = _loadgens([f"ws://127.0.0.1:{p}{PATH}" for p in ports], load, log_dir, "gw")
         others += gens
@@ -192,8 +204,11 @@ def measure_gateway(bootstrap: str, load: Load, log_dir: Path) -> dict[str, Any]
 def measure_bare_autobahn(load: Load, log_dir: Path) -> dict[str, Any]:
     """Ceiling: the same frames in and playAudio frames out through Autobahn, no Kafka."""
     port = free_port()
+    # With aggregation the gateway's bot answers once per record: mirror that.
+    every = max(1, load.aggregate_ms // 20)
     server = Child("bare_autobahn", ["-m", "gateway.bench.bare_autobahn", "--listen",
-                                     f"tcp:{port}:interface=127.0.0.1"], log_dir)
+                                     f"tcp:{port}:interface=127.0.0.1",
+                                     "--echo-every", str(every)], log_dir)
     try:
         server.wait_for_line("event=ready", 60)
         return _drive_server(server, f"ws://127.0.0.1:{port}{PATH}", load, log_dir, "ab")

@@ -40,16 +40,18 @@ _BOOTSTRAP_FILE = "bootstrap"
 _LOG_FILE = "kafka.log"  # also named in log4j2.properties
 _PROPS_FILE = "server.properties"
 _STORAGE_DIR = "kraft"
-# Startup is most of a test run's broker cost; C1-only JIT and the serial GC
-# start noticeably faster and the broker never gets hot enough to miss C2.
 # log4j's shutdown hook is off because it only warns when a thread logs during
 # shutdown; the file appender flushes every line anyway.
 _JVM_FLAGS = (
-    "-XX:+UseSerialGC",
-    "-XX:TieredStopAtLevel=1",
     "-Djava.awt.headless=true",
     "-Dlog4j2.shutdownHookEnabled=false",
 )
+# Startup is most of a test run's broker cost; C1-only JIT and the serial GC
+# start noticeably faster and the broker never gets hot enough to miss C2.
+_FAST_START_FLAGS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
+# For benchmarks: a broker that stays up long enough for C2 to pay off, and
+# does not stall requests on a single-threaded collector.
+_STEADY_FLAGS = ("-XX:+UseParallelGC",)
 
 
 def _pom_property(name: str) -> str:
@@ -245,8 +247,11 @@ class LocalKafka:
     """One single-node KRaft broker on 127.0.0.1, started fresh (empty storage) by start()."""
 
     def __init__(
-        self, data_dir: Path | None = None, port: int | None = None, heap_mb: int = 512
+        self, data_dir: Path | None = None, port: int | None = None, heap_mb: int = 512,
+        fast_start: bool = True,
     ) -> None:
+        """``fast_start`` (tests, dev) trades steady-state speed for start-up time."""
+        self._jvm_flags = _JVM_FLAGS + (_FAST_START_FLAGS if fast_start else _STEADY_FLAGS)
         self._own_dir = data_dir is None
         self.data_dir = (
             Path(tempfile.mkdtemp(prefix="localkafka-"))
@@ -288,7 +293,7 @@ class LocalKafka:
             java,
             f"-Xms{self.heap_mb}m",
             f"-Xmx{self.heap_mb}m",
-            *_JVM_FLAGS,
+            *self._jvm_flags,
             f"-Dlog4j2.configurationFile={_LOG4J_CONFIG}",
             f"-Dkafka.logs.dir={self.data_dir}",
             "-cp",
