@@ -32,14 +32,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 @contextmanager
-def broker(given: str) -> Iterator[str]:
+def broker(given: str) -> Iterator[tuple[str, int | None]]:
+    """(bootstrap, broker PID if it is ours to watch)."""
     if given:
-        yield given
+        yield given, None
         return
     from gateway.localkafka import LocalKafka
 
     with LocalKafka(heap_mb=1024, fast_start=False) as kafka:
-        yield kafka.bootstrap
+        yield kafka.bootstrap, kafka.pid
 
 
 def run(args: argparse.Namespace) -> int:
@@ -48,9 +49,9 @@ def run(args: argparse.Namespace) -> int:
                 aggregate_ms=args.aggregate_ms, profile=args.profile)
     if args.log_dir:
         args.log_dir.mkdir(parents=True, exist_ok=True)
-    with broker(args.kafka) as bootstrap:
+    with broker(args.kafka) as (bootstrap, broker_pid):
         result = bench_once(bootstrap, load, ceilings=not args.no_ceilings,
-                            log_dir=args.log_dir)
+                            log_dir=args.log_dir, broker_pid=broker_pid)
     print(summary(result))
     if args.json:
         print(json.dumps(result, separators=(",", ":")))
@@ -68,6 +69,7 @@ def summary(r: dict[str, Any]) -> str:
         f"  command  ms     p50 {r['command_p50_ms']}  p99 {r['command_p99_ms']}"
         f"  max {r['command_max_ms']}",
         f"  load generator  {r['loadgen_cpu_pct']} % of a core",
+        "  cores used      " + ", ".join(f"{k} {v}" for k, v in r["cores_used"].items()),
     ]
     if "autobahn_cpu_ms_per_call_s" in r:
         lines += [

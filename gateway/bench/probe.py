@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import resource
 import signal
 import time
@@ -22,11 +23,15 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from gateway.records import decode_inbound
 
+FETCH_WAIT_MS = int(os.environ.get("KGW_BENCH_FETCH_WAIT_MS", "100"))
+FETCH_MIN_BYTES = int(os.environ.get("KGW_BENCH_FETCH_MIN_BYTES", "1"))
+
 
 async def probe(bootstrap: str, topic: str, window: tuple[float, float],
                 stop: asyncio.Event) -> dict[str, object]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                fetch_max_wait_ms=100, max_partition_fetch_bytes=4 << 20)
+                                fetch_max_wait_ms=FETCH_WAIT_MS, fetch_min_bytes=FETCH_MIN_BYTES,
+                                max_partition_fetch_bytes=4 << 20)
     await consumer.start()
     try:
         parts = consumer.partitions_for_topic(topic)

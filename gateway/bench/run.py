@@ -63,11 +63,18 @@ class _Window:
         self._load = load
         self._profile_to = profile_to
         self.idle_rss = [rss_kb(p) for p in pids]
+        self._neighbours: dict[str, int] = {}
+        self.neighbour_cpu: dict[str, float] = {}
+
+    def watch(self, neighbours: dict[str, int]) -> None:
+        """Also note these processes' CPU over the same window."""
+        self._neighbours = neighbours
 
     def run(self, t0: float) -> list[Sampled]:
         lo, hi = self._load.window
         _sleep_until(t0 + lo)
         before = [cpu_seconds(p) for p in self._pids]
+        others = {k: _cpu_or_zero(p) for k, p in self._neighbours.items()}
         spies = [] if self._profile_to is None else [subprocess.Popen(
             [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid),
              "-d", str(int(hi - lo)), "-r", "100", "-f", "raw",
@@ -75,10 +82,18 @@ class _Window:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in self._pids]
         _sleep_until(t0 + hi)
         after = [cpu_seconds(p) for p in self._pids]
+        self.neighbour_cpu = {k: _cpu_or_zero(p) - others[k] for k, p in self._neighbours.items()}
         for spy in spies:
             spy.wait(30)
         return [Sampled(a - b, rss_kb(p), idle)
                 for p, a, b, idle in zip(self._pids, after, before, self.idle_rss, strict=True)]
+
+
+def _cpu_or_zero(pid: int) -> float:
+    try:
+        return cpu_seconds(pid)
+    except OSError:
+        return 0.0
 
 
 def _sleep_until(t: float) -> None:
@@ -129,7 +144,8 @@ def _merge_loadgen(results: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def measure_gateway(bootstrap: str, load: Load, log_dir: Path) -> dict[str, Any]:
+def measure_gateway(bootstrap: str, load: Load, log_dir: Path,
+                    broker_pid: int | None = None) -> dict[str, Any]:
     """The product: gateway node(s) + bench bot, playout pacing off."""
     prefix = "bench" + uuid.uuid4().hex[:8]
     nodes: list[Child] = []
@@ -165,6 +181,11 @@ def measure_gateway(bootstrap: str, load: Load, log_dir: Path) -> dict[str, Any]
         _sleep_until(t0)
         gens = _loadgens([f"ws://127.0.0.1:{p}{PATH}" for p in ports], load, log_dir, "gw")
         others += gens
+        # The rest of the machine, for the report: who else used the two cores.
+        neighbours = {"bot": bot.pid, "probe": probe.pid, "loadgen": gens[0].pid}
+        if broker_pid:
+            neighbours["broker"] = broker_pid
+        window.watch(neighbours)
         sampled = window.run(t0)
         lg = _merge_loadgen([g.wait_json(load.seconds + 120) for g in gens])
         time.sleep(3)  # let the last records and commands land
@@ -192,8 +213,13 @@ def measure_gateway(bootstrap: str, load: Load, log_dir: Path) -> dict[str, Any]
         "frames_lost_inbound": sent - frames_in_kafka,
         "commands_sent": commands,
         "play_frames_received": received,
-        "frames_lost_outbound": commands - received,
+        # The bot echoes every chunk it reads: each should come back once.
+        "frames_lost_outbound": frames_in_kafka - received,
         "inbound_latency_ms": probe_out.get("inbound_latency_ms"),
+        # Cores each process used over the window (the load generator's
+        # children are not in its own figure; see loadgen_cpu_pct for all).
+        "cores_used": {"gateway": round(cpu / load.window_s, 3), **{
+            k: round(v / load.window_s, 3) for k, v in window.neighbour_cpu.items()}},
         "command_latency_ms": lg.get("command_latency_ms"),
         "loadgen": lg,
         "bot": bot_out,
@@ -265,10 +291,10 @@ def measure_bare_produce(bootstrap: str, load: Load, log_dir: Path) -> dict[str,
 
 
 def bench_once(bootstrap: str, load: Load, *, ceilings: bool = True,
-               log_dir: Path | None = None) -> dict[str, Any]:
+               log_dir: Path | None = None, broker_pid: int | None = None) -> dict[str, Any]:
     """One measurement; returns the figures ``knowlarity-gateway bench --json`` prints."""
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="kgw-bench-"))
-    gw = measure_gateway(bootstrap, load, log_dir)
+    gw = measure_gateway(bootstrap, load, log_dir, broker_pid)
     out: dict[str, Any] = {
         "calls": load.calls,
         "seconds": load.seconds,
@@ -284,6 +310,7 @@ def bench_once(bootstrap: str, load: Load, *, ceilings: bool = True,
         "command_max_ms": (gw["command_latency_ms"] or {}).get("max"),
         "rss_kb_per_call": gw["rss_kb_per_call"],
         "loadgen_cpu_pct": _pct(gw["loadgen"]),
+        "cores_used": gw["cores_used"],
         "gateway": gw,
         "log_dir": str(log_dir),
     }

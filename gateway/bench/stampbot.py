@@ -33,6 +33,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import resource
 import signal
 import sys
@@ -51,6 +52,11 @@ __all__ = ["run_stamp_bot", "main"]
 
 STAMP_BYTES = 8
 POLL_MS = 100  # getmany timeout: also how soon a stop request is seen
+# The broker answers a fetch as soon as it has this much, or after POLL_MS...
+# with fetch_min_bytes=1 every consumer spins fetch after fetch, each returning
+# a record or two: on a 2-core machine the broker then eats the CPU the
+# gateway is measured on. Set by env for experiments.
+FETCH_MIN_BYTES = int(os.environ.get("KGW_BENCH_FETCH_MIN_BYTES", "1"))
 SHUTDOWN_TIMEOUT_S = 10.0
 MAX_LATENCY_US = 600_000_000  # a "stamp" further off than this is not one (not our caller)
 WAITING_LOG_EVERY_S = 15.0
@@ -135,6 +141,7 @@ async def run_stamp_bot(bootstrap: str, prefix: str, group_id: str, *,
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=True,
         fetch_max_wait_ms=POLL_MS,
+        fetch_min_bytes=FETCH_MIN_BYTES,
     )
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
