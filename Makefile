@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # Pinned in setup.cfg [dev]; generated files must match byte for byte.
 PROTOC := $(BIN)/python -m grpc_tools.protoc
 
-.PHONY: install dev test proto proto-check lint clean
+.PHONY: install dev test proto proto-check lint clean bench-report
 
 $(BIN)/knowlarity-gateway: setup.cfg pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,3 +37,8 @@ lint: $(BIN)/knowlarity-gateway
 
 clean:
 	rm -rf $(VENV) build *.egg-info
+
+# Regenerates bench/RESULTS.md, bench/results.png and bench/results.json
+# (about 30 minutes on a 2-core machine).
+bench-report: install
+	$(BIN)/python -m gateway.bench.report --out bench

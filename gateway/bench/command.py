@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-dir", type=Path, default=None, help="keep the processes' logs here")
     p.add_argument("--profile", action="store_true",
                    help="py-spy the gateway during the window (raw stacks in the log dir)")
+    p.add_argument("--capacity", action="store_true",
+                   help="search the most calls with no loss and inbound p99 under 25 ms")
     p.add_argument("--json", action="store_true", help="last line: one JSON object")
 
 
@@ -50,6 +53,17 @@ def run(args: argparse.Namespace) -> int:
     if args.log_dir:
         args.log_dir.mkdir(parents=True, exist_ok=True)
     with broker(args.kafka) as (bootstrap, broker_pid):
+        if args.capacity:
+            from gateway.bench.capacity import search
+
+            log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="kgw-capacity-"))
+            found = search(bootstrap, seconds=args.seconds, log_dir=log_dir,
+                           broker_pid=broker_pid)
+            print(f"capacity: {found['capacity_calls']} calls "
+                  f"(first failing: {found['first_failing_calls']})")
+            if args.json:
+                print(json.dumps(found, separators=(",", ":")))
+            return 0
         result = bench_once(bootstrap, load, ceilings=not args.no_ceilings,
                             log_dir=args.log_dir, broker_pid=broker_pid)
     print(summary(result))
