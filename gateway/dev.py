@@ -91,7 +91,8 @@ def _wait(what: str, ok: Callable[[], bool], children: list[_Child], timeout: fl
         time.sleep(0.2)
 
 
-def _ready(url: str) -> bool:
+def http_ready(url: str) -> bool:
+    """Does the URL answer 200 (a node's /readyz)?"""
     try:
         with urllib.request.urlopen(url, timeout=1) as r:
             return bool(r.status == 200)
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
             "--drain-timeout-s", "2",
         ])
         children.append(node)
-        _wait("the gateway", lambda: _ready(f"http://127.0.0.1:{metrics_port}/readyz"),
+        _wait("the gateway", lambda: http_ready(f"http://127.0.0.1:{metrics_port}/readyz"),
               children, 90)
         if not args.no_bot:
             bot_ready = threading.Event()

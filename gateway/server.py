@@ -21,23 +21,12 @@ from twisted.logger import Logger
 from gateway.core import model as m
 from gateway.core.call import Call, State
 from gateway.core.errors import CloseCode
+from gateway.paths import match_path
 
 if TYPE_CHECKING:
     from gateway.node import Node
 
 log = Logger()
-
-
-def match_path(path: str, accepted: tuple[str, ...]) -> tuple[bool, str | None]:
-    """Is this one of our paths (with any prefix)? Returns (ok, call id from the path)."""
-    path = path.rstrip("/")
-    for suffix in accepted:
-        if path.endswith(suffix):
-            return True, None
-        head, _, last = path.rpartition("/")
-        if last and head.endswith(suffix):
-            return True, last
-    return False, None
 
 
 class ProviderProtocol(WebSocketServerProtocol):

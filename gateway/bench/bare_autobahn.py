@@ -59,7 +59,7 @@ def build_factory(counters: Counters, paths: Sequence[str], max_frame_bytes: int
     from autobahn.util import encode_truncate
     from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 
-    from gateway.server import match_path
+    from gateway.paths import match_path
 
     accepted = tuple(paths)
     wave = AudioContentType.WAVE

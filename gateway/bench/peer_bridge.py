@@ -63,20 +63,11 @@ from gateway.core.knowlarity import (
     encode_transfer,
     parse_start,
 )
+from gateway.paths import match_path
 
 PATHS = ("/vaani/knowlarity/setup-call-streams", "/knowlarity-stream")
 
 
-def match_path(path: str) -> tuple[bool, str | None]:
-    """One of the gateway's paths, with any prefix? Returns (ok, call id from the path)."""
-    path = path.rstrip("/")
-    for suffix in PATHS:
-        if path.endswith(suffix):
-            return True, None
-        head, _, last = path.rpartition("/")
-        if last and head.endswith(suffix):
-            return True, last
-    return False, None
 
 
 def _cpu() -> float:
@@ -203,7 +194,7 @@ class PeerBridge:
     def check_path(self, ws: ServerConnection, request: Request) -> Response | None:
         if self.stopping:
             return ws.respond(HTTPStatus.SERVICE_UNAVAILABLE, "draining\n")
-        if not match_path(request.path.partition("?")[0])[0]:
+        if not match_path(request.path.partition("?")[0], PATHS)[0]:
             return ws.respond(HTTPStatus.NOT_FOUND, "unknown path\n")
         return None
 
@@ -220,7 +211,8 @@ class PeerBridge:
             await ws.close(CloseCode.UNSUPPORTED_DATA, "audio before the start message")
             return
         try:
-            start = parse_start(first, fallback_call_id=match_path(path)[1] or str(uuid.uuid4()))
+            path_id = match_path(path, PATHS)[1]
+            start = parse_start(first, fallback_call_id=path_id or str(uuid.uuid4()))
         except ProtocolError as e:
             c["errors"] += 1
             await ws.close(int(e.close_code), e.reason[:123])

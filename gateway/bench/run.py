@@ -13,13 +13,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway.bench.procs import Child, cpu_seconds, free_port, rss_kb
+from gateway.dev import http_ready
 
 PATH = "/vaani/knowlarity/setup-call-streams"
 
@@ -102,17 +102,9 @@ def _sleep_until(t: float) -> None:
         time.sleep(delay)
 
 
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
-
-
 def _wait_ready(child: Child, url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
-    while not _ready(url):
+    while not http_ready(url):
         if child.proc.poll() is not None:
             raise RuntimeError(f"{child.name} exited with {child.proc.returncode}")
         if time.monotonic() > deadline:
