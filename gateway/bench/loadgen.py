@@ -765,18 +765,9 @@ class _Gen:
                 continue
             now = clock() // 1000
             frame = call.head + (now ^ call.mask64).to_bytes(8, "little") + call.tail
-            if call.out:
-                call._send(frame)  # the kernel is not taking this call's bytes: queue behind
-            else:
-                try:
-                    sent = call.sock.send(frame)  # type: ignore[union-attr]
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError as e:
-                    call._teardown(e)
-                    continue
-                if sent < len(frame):
-                    call._keep(frame, sent)
+            call._send(frame)
+            if call.state == _CLOSED:  # the send failed and tore the call down
+                continue
             lag = now - due
             lags.append(lag)
             if lag > LATE_US:

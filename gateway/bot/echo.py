@@ -27,6 +27,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 
 from gateway import records, topics
 from gateway.bot.echo_logic import EchoCalls, EchoPolicy, EchoStats, Effect, Note, PolicyError, Send
+from gateway.settings import boolean
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +55,6 @@ class _Source:
     help: str
 
 
-def _parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError("must be one of 1/0, true/false, yes/no, on/off")
-
-
 def _parse_level(text: str) -> str:
     return text.strip().lower()
 
@@ -74,7 +66,7 @@ _SOURCES = (
             "topic name prefix (default knowlarity)"),
     _Source("group_id", "--group-id", "KGW_BOT_GROUP", str,
             "consumer group id (default knowlarity-echo-bot)"),
-    _Source("from_beginning", "--from-beginning", "KGW_BOT_FROM_BEGINNING", _parse_bool,
+    _Source("from_beginning", "--from-beginning", "KGW_BOT_FROM_BEGINNING", boolean,
             "with no committed offset, start at the oldest record instead of the newest"),
     _Source("echo_delay_ms", "--echo-delay-ms", "KGW_BOT_ECHO_DELAY_MS", int,
             "play each caller chunk back this long after the bot received it (default 300)"),
@@ -179,7 +171,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``knowlarity-gateway bot echo``; each also reads its environment variable."""
     for src in _SOURCES:
         help_text = f"{src.help} [env {src.env}]"
-        if src.parse is _parse_bool:
+        if src.parse is boolean:
             parser.add_argument(src.flag, dest=_dest(src), action="store_const", const=True,
                                 default=None, help=help_text)
         else:
