@@ -28,8 +28,8 @@ from gateway.outbox import Entry, Loss, Outbox
 
 log = Logger()
 
-# Records moved from the outbox into aiokafka per wake-up; bounds what is
-# outside the outbox's accounting while the producer blocks.
+# Records moved from the outbox into aiokafka per wake-up. They stay in the
+# outbox's byte accounting (as in flight) until acknowledged or lost.
 _TAKE = 2000
 # aiokafka's batch size: larger batches, fewer requests and futures.
 _BATCH_BYTES = 256 * 1024
@@ -61,7 +61,7 @@ class Bus:
         self._c = config
         self._metrics = metrics
         self._on_command = on_command
-        self.outbox = Outbox(config.buffer_bytes)
+        self.outbox = Outbox(config.buffer_bytes, config.buffer_call_share_bytes)
         self._wake = asyncio.Event()
         self._node_id = config.node_id
         self._producer: AIOKafkaProducer | None = None
@@ -178,10 +178,11 @@ class Bus:
             # Loss notes go first: what they stand for is older than what waits.
             entries = [self._loss_note(call_id, topic, loss)
                        for (call_id, topic), loss in outbox.take_losses().items()]
+            outbox.count_in_flight(entries)
             entries += outbox.take(_TAKE)
             await self._send_batches(entries)
             self._metrics.buffer_records.set(len(outbox))
-            self._metrics.buffer_bytes.set(outbox.bytes)
+            self._metrics.buffer_bytes.set(outbox.bytes + outbox.in_flight_bytes)
 
     def _loss_note(self, call_id: str, topic: str, loss: Loss) -> Entry:
         """The record that takes the lost ones' place, on the topic they were meant for."""
@@ -219,6 +220,7 @@ class Bus:
                         key=group[i].key, value=group[i].value, timestamp=None) is not None:
                     i += 1
                 if i == first:  # larger than a whole batch: Kafka would refuse it too
+                    self.outbox.settle(group[i:i + 1])
                     self._lost(group[i], None)
                     i += 1
                     continue
@@ -228,6 +230,7 @@ class Bus:
                     # queued (broker slow or away); new records wait in the outbox.
                     fut = await producer.send_batch(batch, topic, partition=partition)
                 except KafkaError as e:
+                    self.outbox.settle(sent)
                     for entry in sent:
                         self._lost(entry, e)
                     continue
@@ -236,6 +239,7 @@ class Bus:
 
     def _delivered(self, sent: list[Entry], queued_at: float, fut: asyncio.Future[object]) -> None:
         self._in_flight -= len(sent)
+        self.outbox.settle(sent)
         if fut.cancelled() or fut.exception() is not None:
             err = None if fut.cancelled() else fut.exception()
             for entry in sent:
@@ -289,7 +293,7 @@ class Bus:
 
     def _dispatch(self, value: bytes | None, now: float) -> None:
         try:
-            cmd = records.decode_command(value or b"")
+            cmd = records.decode_command(value or b"", self._c.call.commands)
         except records.BadRecord as e:
             self._metrics.commands.labels("bad_record").inc()
             log.warn("dropping command: {err}", err=e)

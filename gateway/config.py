@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from gateway import topics
 from gateway.core.call import CallSettings
-from gateway.core.knowlarity import AudioContentType
+from gateway.core.commands import CommandLimits
+from gateway.core.knowlarity import AudioContentType, largest_play_frame_bytes
 from gateway.core.playout import PlayoutSettings
 from gateway.settings import (
     Setting,
@@ -69,13 +70,44 @@ NODE_SETTINGS: tuple[Setting, ...] = (
             "accepted WebSocket paths (any prefix allowed before them; a further last segment "
             "is taken as the call id)", _paths),
     Setting("auth_token", "KGW_AUTH_TOKEN", "",
-            "if set, sockets must carry it as ?token= or 'Authorization: Bearer'"),
+            "if set, sockets must carry it as ?token= or 'Authorization: Bearer' (never logged)"),
+    Setting("auth_token_file", "KGW_AUTH_TOKEN_FILE", "",
+            "read the token from this file instead (trimmed); wins over --auth-token"),
     Setting("allow_from", "KGW_ALLOW_FROM", "",
-            "if set, comma-separated CIDRs the provider may connect from", _networks),
+            "if set, comma-separated CIDRs the provider may connect from (checked at TCP accept)",
+            _networks),
+    Setting("allow_unauthenticated", "KGW_ALLOW_UNAUTHENTICATED", "false",
+            "with neither a token nor --allow-from, accept sockets from any address (otherwise "
+            "loopback only)", boolean),
     Setting("metrics_listen", "KGW_METRICS_LISTEN", "tcp:9100",
             "endpoint for /metrics, /healthz and /readyz; empty to disable"),
-    Setting("max_frame_bytes", "KGW_MAX_FRAME_BYTES", "65536",
-            "largest frame accepted from the provider (closed with 1009 above)", positive(int)),
+    Setting("max_frame_bytes", "KGW_MAX_FRAME_BYTES", "196608",
+            "largest frame or message accepted from the provider (closed with 1009 above)",
+            positive(int)),
+    Setting("max_request_bytes", "KGW_MAX_REQUEST_BYTES", "16384",
+            "largest HTTP upgrade request (request line and headers); 431 above", positive(int)),
+    Setting("max_sockets", "KGW_MAX_SOCKETS", "200",
+            "most provider connections at once (handshaking or live); 503 or refused above",
+            positive(int)),
+    Setting("max_awaiting_start", "KGW_MAX_AWAITING_START", "50",
+            "most sockets still waiting for their start message; 503 above", positive(int)),
+    Setting("max_write_buffer_bytes", "KGW_MAX_WRITE_BUFFER_BYTES", "262144",
+            "bytes queued for a provider that stopped reading before its socket is closed (4004)",
+            positive(int)),
+    Setting("max_frames_per_s", "KGW_MAX_FRAMES_PER_S", "250",
+            "sustained binary frames per second from one socket (of any size, even empty); 1008 "
+            "above", positive(_finite)),
+    Setting("frame_burst", "KGW_FRAME_BURST", "1000",
+            "binary frames a socket may send above that rate in a burst", positive(int)),
+    Setting("max_audio_speed", "KGW_MAX_AUDIO_SPEED", "3",
+            "caller audio faster than this multiple of real time, beyond the burst, is closed "
+            "with 1008", positive(_finite)),
+    Setting("audio_burst_s", "KGW_AUDIO_BURST_S", "10",
+            "seconds of caller audio a socket may send ahead of that speed (after a stall)",
+            positive(_finite)),
+    Setting("max_text_frames_per_s", "KGW_MAX_TEXT_FRAMES_PER_S", "20",
+            "sustained text frames per second after the start message (burst 100); 1008 above",
+            positive(_finite)),
     Setting("start_timeout_s", "KGW_START_TIMEOUT_S", "10",
             "time the provider has to send the start message", positive(_finite)),
     Setting("ending_timeout_s", "KGW_ENDING_TIMEOUT_S", "10",
@@ -96,12 +128,26 @@ NODE_SETTINGS: tuple[Setting, ...] = (
             "largest clip of bot audio in one playAudio frame", positive(int)),
     Setting("playout_lead_ms", "KGW_PLAYOUT_LEAD_MS", "300",
             "how far ahead of real time bot audio is sent", non_negative(int)),
-    Setting("playout_max_queue_ms", "KGW_PLAYOUT_MAX_QUEUE_MS", "120000",
-            "bot audio held per call before further audio is dropped (and reported)",
+    Setting("playout_max_call_bytes", "KGW_PLAYOUT_MAX_CALL_BYTES", "2097152",
+            "bot audio held per call, in bytes after conversion to the call's rate; a play "
+            "beyond it is rejected", positive(int)),
+    Setting("playout_node_bytes", "KGW_PLAYOUT_NODE_BYTES", "100663296",
+            "bot audio held by all calls of the node together; a play beyond it is rejected",
             positive(int)),
+    Setting("max_play_bytes", "KGW_MAX_PLAY_BYTES", "1048576",
+            "largest PCM payload of one play command", positive(int)),
+    Setting("max_marks", "KGW_MAX_MARKS", "256",
+            "marks, hang-ups and transfers waiting in one call's playout queue", positive(int)),
+    Setting("max_name_chars", "KGW_MAX_NAME_CHARS", "128",
+            "longest mark name, transfer parameter key or value, command id", positive(int)),
+    Setting("max_transfer_params", "KGW_MAX_TRANSFER_PARAMS", "16",
+            "most parameters in one transfer command", positive(int)),
     Setting("buffer_bytes", "KGW_BUFFER_BYTES", "67108864",
-            "records held while Kafka is unreachable; beyond, oldest dropped and reported",
-            positive(int)),
+            "records held while Kafka is unreachable (or in flight); beyond, oldest dropped and "
+            "reported", positive(int)),
+    Setting("buffer_call_share_bytes", "KGW_BUFFER_CALL_SHARE_BYTES", "4194304",
+            "most of the buffer one call may hold; beyond, that call's own oldest records go "
+            "first", positive(int)),
     Setting("linger_ms", "KGW_LINGER_MS", "5", "producer linger (batching delay)",
             non_negative(int)),
     Setting("inbound_partitions", "KGW_INBOUND_PARTITIONS", "12",
@@ -123,9 +169,16 @@ class NodeConfig:
     paths: tuple[str, ...] = ("/vaani/knowlarity/setup-call-streams", "/knowlarity-stream")
     auth_token: str = ""
     allow_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    allow_unauthenticated: bool = False
     metrics_listen: str = "tcp:9100"
-    max_frame_bytes: int = 65536
+    max_frame_bytes: int = 196608
+    max_request_bytes: int = 16384
+    max_sockets: int = 200
+    max_awaiting_start: int = 50
+    max_write_buffer_bytes: int = 262144
+    playout_node_bytes: int = 96 * 1024 * 1024
     buffer_bytes: int = 64 * 1024 * 1024
+    buffer_call_share_bytes: int = 4 * 1024 * 1024
     linger_ms: int = 5
     inbound_partitions: int = 12
     replication_factor: int = 1
@@ -144,6 +197,20 @@ class NodeConfig:
     def commands_topic(self) -> str:
         return topics.commands_topic(self.topic_prefix, self.node_id)
 
+    @property
+    def allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """Where sockets may come from: the allow-list; else, with no token and no
+        --allow-unauthenticated, loopback only (protected mode, as Redis has); else anywhere."""
+        if self.allow_from:
+            return self.allow_from
+        if self.auth_token or self.allow_unauthenticated:
+            return ()
+        return LOOPBACK
+
+    @property
+    def protected_mode(self) -> bool:
+        return not (self.allow_from or self.auth_token or self.allow_unauthenticated)
+
     @classmethod
     def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None
                   ) -> NodeConfig:
@@ -155,16 +222,68 @@ class NodeConfig:
             aggregate_ms=v.pop("aggregate_ms"),
             content_type=AudioContentType(v.pop("audio_content_type")),
             kill_audio_on_clear=v.pop("kill_audio_on_clear"),
+            max_frames_per_s=v.pop("max_frames_per_s"),
+            frame_burst=v.pop("frame_burst"),
+            max_audio_speed=v.pop("max_audio_speed"),
+            audio_burst_allowance_s=v.pop("audio_burst_s"),
+            max_text_frames_per_s=v.pop("max_text_frames_per_s"),
             playout=PlayoutSettings(
                 paced=v.pop("playout_paced"),
                 clip_ms=v.pop("playout_clip_ms"),
                 lead_ms=v.pop("playout_lead_ms"),
-                max_queue_ms=v.pop("playout_max_queue_ms"),
+                max_call_bytes=v.pop("playout_max_call_bytes"),
+                max_markers=v.pop("max_marks"),
+            ),
+            commands=CommandLimits(
+                max_play_bytes=v.pop("max_play_bytes"),
+                max_name_chars=v.pop("max_name_chars"),
+                max_transfer_params=v.pop("max_transfer_params"),
             ),
         )
+        token_file = v.pop("auth_token_file")
+        if token_file:
+            v["auth_token"] = _read_token(token_file)
+        v["auth_token"] = v["auth_token"].strip()
         if not v["kafka"].strip():
             raise SettingError("bad value for --kafka / KGW_KAFKA: empty")
-        return cls(call=call, **v)
+        config = cls(call=call, **v)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Settings that are fine alone but not together; fails naming them."""
+        p = self.call.playout
+        largest = largest_play_frame_bytes(p.clip_ms, self.call.content_type)
+        if largest > self.max_write_buffer_bytes:
+            raise SettingError(
+                f"--playout-clip-ms {p.clip_ms} makes playAudio frames of up to {largest} bytes "
+                f"(at 48 kHz), more than --max-write-buffer-bytes {self.max_write_buffer_bytes}: "
+                "every clip would close the socket; lower the one or raise the other")
+        if self.buffer_call_share_bytes > self.buffer_bytes:
+            raise SettingError(
+                f"--buffer-call-share-bytes {self.buffer_call_share_bytes} is more than "
+                f"--buffer-bytes {self.buffer_bytes}")
+        if p.max_call_bytes > self.playout_node_bytes:
+            raise SettingError(
+                f"--playout-max-call-bytes {p.max_call_bytes} is more than "
+                f"--playout-node-bytes {self.playout_node_bytes}")
+
+
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+def _read_token(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except OSError as e:
+        raise SettingError(
+            f"bad value for --auth-token-file / KGW_AUTH_TOKEN_FILE: cannot read it "
+            f"({e.strerror})") from None
+    if not token:
+        raise SettingError("bad value for --auth-token-file / KGW_AUTH_TOKEN_FILE: the file "
+                           "is empty")
+    return token
 
 
 def add_node_arguments(parser: argparse.ArgumentParser) -> None:

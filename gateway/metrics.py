@@ -45,4 +45,11 @@ class Metrics:
             buckets=_LATENCY_BUCKETS, registry=r)
         self.commands = Counter("kgw_commands", "commands received, by outcome", ["outcome"],
                                 registry=r)
+        self.calls_replaced = Counter(
+            "kgw_calls_replaced", "live calls ended by a newer socket for the same call id",
+            registry=r)
+        self.sockets_not_reading = Counter(
+            "kgw_sockets_not_reading",
+            "provider sockets closed because they stopped reading (write buffer over its bound)",
+            registry=r)
         self.kafka_up = Gauge("kgw_kafka_up", "1 while the producer is delivering", registry=r)

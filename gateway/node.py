@@ -17,7 +17,10 @@ from gateway.bridge import wait_deferred
 from gateway.bus import Bus
 from gateway.config import NodeConfig
 from gateway.core import model as m
+from gateway.core.call import State
 from gateway.core.errors import CloseCode
+from gateway.core.playout import AudioBudget
+from gateway.logs import printable
 from gateway.metrics import Metrics
 from gateway.registry import Registry
 from gateway.server import ProviderFactory, ProviderProtocol
@@ -34,6 +37,8 @@ class Node:
         self.registry: Registry[ProviderProtocol] = Registry()
         self.sockets: set[ProviderProtocol] = set()
         self.accepting = False
+        # Bot audio held by all calls together (--playout-node-bytes).
+        self.audio_budget = AudioBudget(config.playout_node_bytes)
         self.bus = Bus(config, self.metrics, self._on_command)
         self.factory = ProviderFactory(self)
         self._port: IListeningPort | None = None
@@ -57,6 +62,10 @@ class Node:
         self.accepting = True
         log.info("node {node_id} listening on {addr}; commands on {topic}", node_id=c.node_id,
                  addr=self.address, topic=c.commands_topic)
+        if c.protected_mode:
+            log.warn("protected mode: no --auth-token and no --allow-from, so sockets are "
+                     "accepted from loopback only; set --allow-unauthenticated to accept any "
+                     "address on purpose")
 
     @property
     def address(self) -> Any:
@@ -103,6 +112,12 @@ class Node:
     def publish(self, rec: m.Inbound) -> None:
         self.bus.publish(rec)
 
+    @property
+    def awaiting_start(self) -> int:
+        """Open sockets that have not sent their start message yet."""
+        return sum(1 for p in self.sockets
+                   if p.call is not None and p.call.state is State.AWAITING_START)
+
     def socket_opened(self, proto: ProviderProtocol) -> None:
         self.sockets.add(proto)
         self._all_closed.clear()
@@ -116,6 +131,9 @@ class Node:
         log.info("call {call_id} started ({rate} Hz) from {peer}", call_id=call_id,
                  rate=proto.call.sample_rate, peer=proto.peer)
         if previous is not None and previous is not proto:
+            # The new socket passed every check the first one did (allow-list,
+            # token, caps) before it got here.
+            self.metrics.calls_replaced.inc()
             log.warn("call {call_id}: a second socket arrived; ending the first", call_id=call_id)
             previous.end(m.EndReason.REPLACED, "a new socket arrived for this call id",
                          CloseCode.REPLACED)
@@ -131,7 +149,8 @@ class Node:
         self.registry.remove(call.call_id, proto)
         if call.end_reason is None:
             self.metrics.sockets_closed_unstarted.inc()
-            log.info("socket {call_id} closed before a start message", call_id=call.call_id)
+            log.info("socket {call_id} closed before a start message",
+                     call_id=printable(call.call_id))
         else:
             self.metrics.calls_ended.labels(call.end_reason.value).inc()
             log.info("call {call_id} ended: {reason}", call_id=call.call_id,
@@ -145,5 +164,5 @@ class Node:
             self.metrics.commands.labels("unknown_call").inc()
             log.debug("command for unknown call {call_id} dropped", call_id=cmd.call_id)
             return
-        self.metrics.commands.labels("ok").inc()
+        self.metrics.commands.labels("rejected" if isinstance(cmd.body, m.Refused) else "ok").inc()
         proto.command(cmd)

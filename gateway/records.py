@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 
+from gateway.core import commands
 from gateway.core import model as m
+from gateway.core.commands import CommandLimits
 from gateway.proto.knowlarity.gateway.v1 import command_pb2, inbound_pb2, outbound_pb2
 
 _END_REASON = {r: inbound_pb2.EndReason.Value("END_REASON_" + r.name) for r in m.EndReason}
@@ -137,7 +139,7 @@ def command_to_proto(cmd: m.Command) -> command_pb2.Command:
         out.transfer.SetInParent()
         for k, v in body.parameters:
             out.transfer.parameters.add(key=k, value=v)
-    else:  # pragma: no cover
+    else:  # pragma: no cover - Refused never goes on the bus
         raise TypeError(f"unknown command body {type(body).__name__}")
     return out
 
@@ -146,8 +148,14 @@ def encode_command(cmd: m.Command) -> bytes:
     return command_to_proto(cmd).SerializeToString()
 
 
-def decode_command(data: bytes) -> m.Command:
-    """Parse a command from the bus; raises BadRecord for anything unusable."""
+def decode_command(data: bytes, limits: CommandLimits | None = None) -> m.Command:
+    """Parse and check a command from the bus.
+
+    Raises BadRecord when there is no call to tell (undecodable, no call id);
+    a command for a call that breaks a rule of ``gateway.core.commands`` comes
+    back with a ``Refused`` body naming the rule.
+    """
+    limits = limits or CommandLimits()
     pb = command_pb2.Command()
     try:
         pb.ParseFromString(data)
@@ -158,8 +166,6 @@ def decode_command(data: bytes) -> m.Command:
     kind = pb.WhichOneof("body")
     body: m.CommandBody
     if kind == "play":
-        if pb.play.sample_rate <= 0:
-            raise BadRecord("play command without sample_rate")
         body = m.PlayAudio(pcm=pb.play.pcm, sample_rate=pb.play.sample_rate)
     elif kind == "clear":
         body = m.ClearAudio()
@@ -170,8 +176,16 @@ def decode_command(data: bytes) -> m.Command:
     elif kind == "transfer":
         body = m.Transfer(tuple((p.key, p.value) for p in pb.transfer.parameters))
     else:
-        raise BadRecord(f"command with no known body ({kind!r})")
-    return m.Command(call_id=pb.call_id, body=body, command_id=pb.command_id,
+        body = m.Refused(f"command with no known body ({kind!r})")
+    command_id = pb.command_id
+    why = commands.check_command_id(command_id, limits)
+    if why:
+        command_id = ""
+    else:
+        why = commands.check(body, limits)
+    if why:
+        body = m.Refused(why)
+    return m.Command(call_id=pb.call_id, body=body, command_id=command_id,
                      sent_at=seconds(pb.sent_unix_us))
 
 

@@ -3,6 +3,12 @@
 Thin on purpose: the handshake (path, optional auth, subprotocol) is decided
 here; every frame goes to ``gateway.core.call.Call`` and what it returns is
 carried out. No Knowlarity JSON is read or written in this module.
+
+Limits that hold before any byte is parsed live here too, in the order a
+hostile peer meets them: the address allow-list and the connection cap at TCP
+accept (``buildProtocol``), the size of the HTTP upgrade request
+(``dataReceived``), the socket caps and auth at the handshake, and the write
+buffer to a provider that stops reading.
 """
 
 from __future__ import annotations
@@ -15,12 +21,15 @@ from typing import TYPE_CHECKING
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from gateway.core import model as m
 from gateway.core.call import Call, State
 from gateway.core.errors import CloseCode
+from gateway.logs import printable
 from gateway.paths import match_path
 
 if TYPE_CHECKING:
@@ -28,10 +37,68 @@ if TYPE_CHECKING:
 
 log = Logger()
 
+_END_OF_REQUEST = b"\r\n\r\n"
+_TOO_LARGE = (b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+              b"Connection: close\r\nContent-Length: 0\r\n\r\n")
+
+
+class _WriteWatch:
+    """A streaming producer on the transport, only to learn when its buffer is full.
+
+    Twisted pauses a registered producer once a transport holds more than its
+    buffer size (64 KiB); what the gateway writes while paused is what a
+    provider that stopped reading makes it hold.
+    """
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.written_while_paused = 0
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.written_while_paused = 0
+
+    def stopProducing(self) -> None:
+        self.paused = False
+
 
 class ProviderProtocol(WebSocketServerProtocol):
     factory: ProviderFactory
     call: Call | None = None
+    _request_refused = False
+    _counted = False
+
+    # --- before the handshake ------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """Autobahn buffers the upgrade request without a bound and rescans it on every
+        read; refuse it once it passes ``max_request_bytes`` without ending."""
+        if self._request_refused:
+            return
+        if self.state == self.STATE_CONNECTING:
+            limit = self.factory.node.config.max_request_bytes
+            pending = len(self.data) + len(data)
+            if pending > limit and (self.data + data).find(_END_OF_REQUEST, 0, limit + 4) < 0:
+                self._request_refused = True
+                self._refuse("request too large", f"upgrade request over {limit} bytes")
+                self.transport.write(_TOO_LARGE)
+                self.transport.loseConnection()
+                return
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
+        if self._counted:
+            self._counted = False
+            self.factory.connections -= 1
+        super().connectionLost(reason)
+
+    def _refuse(self, why: str, detail: str = "", path: str = "") -> None:
+        self.factory.node.metrics.sockets_refused.labels(why).inc()
+        log.warn("refused socket from {peer}{on}: {why}", peer=printable(self.peer),
+                 on=f" on {printable(path)}" if path else "", why=detail or why)
 
     # --- handshake -----------------------------------------------------------
 
@@ -41,9 +108,7 @@ class ProviderProtocol(WebSocketServerProtocol):
         why = self._refusal(request)
         if why is not None:
             status, reason = why
-            node.metrics.sockets_refused.labels(reason).inc()
-            log.warn("refused socket from {peer} on {path}: {why}", peer=request.peer,
-                     path=request.path, why=reason)
+            self._refuse(reason, path=request.path)
             raise ConnectionDeny(status, reason)
         _ok, path_id = match_path(request.path, c.paths)
         self._request_path = request.path
@@ -58,14 +123,6 @@ class ProviderProtocol(WebSocketServerProtocol):
             return 503, "node is draining"
         if not match_path(request.path, c.paths)[0]:
             return 404, "unknown path"
-        if c.allow_from:
-            host = self.transport.getPeer().host
-            try:
-                addr = ipaddress.ip_address(host)
-            except ValueError:
-                return 403, "peer address not allowed"
-            if not any(addr in net for net in c.allow_from):
-                return 403, "peer address not allowed"
         if c.auth_token:
             given = (request.params.get("token") or [""])[0]
             header = request.headers.get("authorization", "")
@@ -73,6 +130,11 @@ class ProviderProtocol(WebSocketServerProtocol):
                 given = header[7:].strip()
             if not hmac.compare_digest(given.encode(), c.auth_token.encode()):
                 return 401, "bad or missing token"
+        # After auth, so that an unauthenticated peer learns nothing of the load.
+        if len(node.sockets) >= c.max_sockets:
+            return 503, "node at its socket limit"
+        if node.awaiting_start >= c.max_awaiting_start:
+            return 503, "too many sockets awaiting a start message"
         return None
 
     # --- frames ----------------------------------------------------------------
@@ -81,9 +143,11 @@ class ProviderProtocol(WebSocketServerProtocol):
         node = self.factory.node
         self._timers: dict[str, IDelayedCall] = {}
         self._closing_by_core = False
+        self._write_watch = _WriteWatch()
+        self.transport.registerProducer(self._write_watch, True)
         self.call = Call(node.config.call, provisional_id=self._provisional_id,
                          reply_topic=node.config.commands_topic,
-                         request_path=self._request_path)
+                         request_path=self._request_path, budget=node.audio_budget)
         node.socket_opened(self)
         self._run(self.call.opened(node.clock.seconds()))
 
@@ -123,7 +187,8 @@ class ProviderProtocol(WebSocketServerProtocol):
             sent = (self.localCloseReason or b"").decode("utf-8", "replace")
             why = sent or self.wasNotCleanReason or "invalid frame"
             code = self.localCloseCode or CloseCode.PROTOCOL_ERROR
-            log.warn("call {call_id}: {why} (close {code})", call_id=call.call_id, why=why,
+            log.warn("call {call_id}: {why} (close {code})", call_id=printable(call.call_id),
+                     why=printable(why),
                      code=code)
             effects = call.end(m.EndReason.PROTOCOL_ERROR, why, code, now)
         effects += call.on_socket_closed(code, wasClean, now)
@@ -159,10 +224,7 @@ class ProviderProtocol(WebSocketServerProtocol):
             if isinstance(e, m.Publish):
                 node.publish(e.record)
             elif isinstance(e, m.SendText):
-                data = e.text.encode()
-                self.sendMessage(data, isBinary=False)
-                node.metrics.frames_out.inc()
-                node.metrics.bytes_out.inc(len(data))
+                self._send_text(e.text.encode())
             elif isinstance(e, m.PublishOutbound):
                 node.bus.publish_outbound(e.record)
             elif isinstance(e, m.SetTimer):
@@ -178,11 +240,37 @@ class ProviderProtocol(WebSocketServerProtocol):
             elif isinstance(e, m.CloseSocket):
                 self._closing_by_core = True
                 log.info("call {call_id}: closing socket ({code} {reason})",
-                         call_id=self.call.call_id if self.call else "?", code=e.code,
-                         reason=e.reason)
+                         call_id=printable(self.call.call_id) if self.call else "?",
+                         code=e.code, reason=printable(e.reason))
                 # sendCloseFrame, not sendClose: Autobahn's public method refuses
                 # the standard error codes (1002, 1007, 1008, ...) we need to send.
                 self.sendCloseFrame(int(e.code), encode_truncate(e.reason, 123))
+
+    def _send_text(self, data: bytes) -> None:
+        """One text frame, unless the provider has stopped reading what we send.
+
+        sendFrame, not sendMessage: Autobahn's message limit is the *incoming*
+        one (``--max-frame-bytes``) and would refuse our own playAudio frames.
+        """
+        if self.state != self.STATE_OPEN:
+            return
+        node = self.factory.node
+        watch = self._write_watch
+        if watch.paused:
+            watch.written_while_paused += len(data)
+            limit = node.config.max_write_buffer_bytes
+            if watch.written_while_paused > limit and self.call is not None:
+                detail = f"provider stopped reading: over {limit} bytes waiting to be sent"
+                log.warn("call {call_id}: {why}", call_id=self.call.call_id, why=detail)
+                node.metrics.sockets_not_reading.inc()
+                self._run(self.call.end(m.EndReason.PROTOCOL_ERROR, detail,
+                                        CloseCode.NOT_READING, node.clock.seconds()))
+                # Its close frame would wait behind what it does not read.
+                self.transport.abortConnection()
+                return
+        self.sendFrame(opcode=1, payload=data)
+        node.metrics.frames_out.inc()
+        node.metrics.bytes_out.inc(len(data))
 
     def _fire(self, name: str) -> None:
         self._timers.pop(name, None)
@@ -194,13 +282,19 @@ class ProviderFactory(WebSocketServerFactory):
     protocol = ProviderProtocol
 
     def __init__(self, node: Node, url: str = "ws://0.0.0.0") -> None:
-        super().__init__(url)
+        # server=None: no Server header naming Autobahn and its version.
+        super().__init__(url, server=None)
         self.noisy = False  # no "Starting/Stopping factory" lines
         self.node = node
+        self.connections = 0
         c = node.config
+        self._networks = c.allowed_networks
         self.setProtocolOptions(
             maxFramePayloadSize=c.max_frame_bytes,
             maxMessagePayloadSize=c.max_frame_bytes,
+            # No status page, and so no ?redirect= to anywhere: a GET without an
+            # upgrade gets 426.
+            webStatus=False,
             # Knowlarity's client pings idle sockets itself; we only answer.
             autoPingInterval=0,
             # Refused frames (too big, bad UTF-8, ...) get a close frame with
@@ -212,3 +306,33 @@ class ProviderFactory(WebSocketServerFactory):
             # Small frames should leave at once: latency over throughput.
             tcpNoDelay=True,
         )
+
+    def buildProtocol(self, addr: IAddress) -> ProviderProtocol | None:  # type: ignore[override]
+        """At TCP accept, before any byte is read: the allow-list and the connection cap.
+        Returning None makes Twisted close the connection at once."""
+        metrics = self.node.metrics
+        if self._networks and not _allowed(addr, self._networks):
+            metrics.sockets_refused.labels("address not allowed").inc()
+            log.warn("refused connection from {peer}: address not allowed",
+                     peer=printable(str(getattr(addr, "host", addr))))
+            return None
+        c = self.node.config
+        if self.connections >= c.max_sockets + c.max_awaiting_start:
+            metrics.sockets_refused.labels("connection limit").inc()
+            return None
+        proto = super().buildProtocol(addr)
+        assert isinstance(proto, ProviderProtocol)
+        proto._counted = True
+        self.connections += 1
+        return proto
+
+
+def _allowed(addr: IAddress, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+             ) -> bool:
+    try:
+        ip = ipaddress.ip_address(getattr(addr, "host", ""))
+    except ValueError:
+        return False  # a UNIX socket or the like: not on any allow-list
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)

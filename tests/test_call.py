@@ -33,7 +33,7 @@ from gateway.core.knowlarity import (
     TransferFrame,
     decode_gateway_frame,
 )
-from gateway.core.playout import PlayoutSettings
+from gateway.core.playout import AudioBudget, PlayoutSettings
 
 DATA = Path(__file__).parent / "data"
 T0 = 1000.0
@@ -59,16 +59,20 @@ def _pcm(samples: int, seed: int = 1) -> bytes:
                     for i in range(samples))
 
 
-def _new(settings: CallSettings | None = None) -> Call:
+def _new(settings: CallSettings | None = None, budget: AudioBudget | None = None) -> Call:
     return Call(settings or CallSettings(), provisional_id="path-id",
-                reply_topic=REPLY, request_path=PATH)
+                reply_topic=REPLY, request_path=PATH, budget=budget)
 
 
 def _started(settings: CallSettings | None = None, start: str = "start_json.txt",
-             now: float = T0) -> Call:
-    call = _new(settings)
+             now: float = T0, budget: AudioBudget | None = None,
+             call_id: str | None = None) -> Call:
+    call = _new(settings, budget)
     call.opened(now - 0.5)
-    call.on_text(_read(start), now)
+    text = _read(start)
+    if call_id is not None:
+        text = json.dumps({**json.loads(text), "uuid": call_id})
+    call.on_text(text, now)
     assert call.state is State.ACTIVE
     return call
 
@@ -595,38 +599,36 @@ def test_play_audio_at_another_rate_is_resampled_to_the_call_rate(
     assert _published(effects) == []
 
 
-def test_odd_length_play_audio_is_trimmed_and_reported():
-    """Odd-length bot PCM loses its last byte, says so in AUDIO_DROPPED, and plays the rest."""
+def test_odd_length_play_audio_is_rejected_whole():
+    """Odd-length bot PCM is refused with a command_rejected record; nothing is played."""
     call = _started(CallSettings(playout=PlayoutSettings(paced=False)))
     pcm = _pcm(320) + b"\x7f"
     effects = call.on_command(_cmd(m.PlayAudio(pcm, 16000)), T0 + 1)
-    (event,) = _bodies(effects, m.PlaybackEvent)
-    assert (event.kind, event.samples) == (m.PlaybackKind.AUDIO_DROPPED, 0)
-    assert "odd" in event.detail
-    assert b"".join(f.pcm for f in _played(effects, 16000)) == pcm[:-1]
+    (rejected,) = _bodies(effects, m.CommandRejected)
+    assert "odd" in rejected.reason
+    assert _played(effects, 16000) == []
 
 
 @pytest.mark.parametrize(
     ("plays", "refused"),
     [
-        # max queue 100 ms = 1600 samples; lead 0 releases one 20 ms clip (320 samples) at once.
+        # max 3200 bytes = 100 ms at 16 kHz; lead 0 releases one 20 ms clip (320 samples) at once.
         ([1601], [1601]),
         ([1600], []),
         ([1600, 321], [321]),
         ([1600, 320], []),
     ],
 )
-def test_playout_queue_overflow_is_reported_as_audio_dropped(plays, refused):
-    """Bot audio that would overflow the playout queue is refused whole and reported."""
-    settings = CallSettings(playout=PlayoutSettings(clip_ms=20, lead_ms=0, max_queue_ms=100))
+def test_playout_queue_overflow_is_rejected(plays, refused):
+    """Bot audio that would take the call past its byte bound is refused whole, with a record."""
+    settings = CallSettings(playout=PlayoutSettings(clip_ms=20, lead_ms=0, max_call_bytes=3200))
     call = _started(settings)
-    events = []
+    rejected = []
     for samples in plays:
         effects = call.on_command(_cmd(m.PlayAudio(_pcm(samples), 16000)), T0 + 1)
-        events += _bodies(effects, m.PlaybackEvent)
-    assert [(e.kind, e.samples) for e in events] == [
-        (m.PlaybackKind.AUDIO_DROPPED, n) for n in refused]
-    assert all(e.detail == "playout queue full" for e in events)
+        rejected += [(samples, r.reason) for r in _bodies(effects, m.CommandRejected)]
+    assert [n for n, _ in rejected] == refused
+    assert all(why.startswith("playout queue full") for _, why in rejected)
 
 
 def test_mark_is_reached_only_after_the_audio_before_it_has_played_out():
@@ -894,28 +896,122 @@ def test_call_ended_duration_is_never_negative_when_the_clock_steps_back():
 
 
 def test_audio_that_cannot_fit_is_refused_before_it_is_resampled(monkeypatch):
-    """Bot audio whose resampled length exceeds the queue is refused without resampling it."""
-    import gateway.core.call as call_module
+    """Bot audio whose converted size exceeds the call's bound is refused without any work."""
+    import gateway.core.playout as playout_module
 
-    def no_resampling(pcm, rate, call_rate):
-        raise AssertionError(f"resampled {len(pcm)} bytes at {rate} Hz that cannot fit")
+    def no_conversion(*args: object) -> None:
+        raise AssertionError("built a converter for audio that cannot fit")
 
-    monkeypatch.setattr(call_module, "to_call_rate", no_resampling)
-    call = _started(CallSettings(playout=PlayoutSettings(max_queue_ms=1000)))
-    # A bot that says 16 (kHz meant): 1 s would become 1000 s at 16000 Hz.
-    effects = call.on_command(_cmd(m.PlayAudio(_pcm(16000), 16)), T0 + 1)
-    assert _bodies(effects, m.PlaybackEvent) == [m.PlaybackEvent(
-        m.PlaybackKind.AUDIO_DROPPED, samples=16_000_000, detail="playout queue full")]
+    monkeypatch.setattr(playout_module, "Converter", no_conversion)
+    # 1 s at 8 kHz becomes 32 000 bytes at 16 kHz: one byte over a 31 999-byte bound.
+    call = _started(CallSettings(playout=PlayoutSettings(max_call_bytes=31_999)))
+    effects = call.on_command(_cmd(m.PlayAudio(_pcm(8000), 8000)), T0 + 1)
+    (rejected,) = _bodies(effects, m.CommandRejected)
+    assert rejected.reason.startswith("playout queue full")
     assert _texts(effects) == []
 
 
-def test_play_audio_at_rate_zero_is_reported_not_raised():
-    """Bot audio with a sample rate of 0 is reported as AUDIO_DROPPED, not raised."""
+# (what the bot sends, the words the rejection must hold)
+REFUSED_COMMANDS = [
+    (m.PlayAudio(b"\x00\x00" * 120, 0), "sample_rate 0 is not one of"),
+    (m.PlayAudio(b"\x00\x00" * 120, 1), "sample_rate 1 is not one of"),
+    (m.PlayAudio(b"\x00\x00" * 120, 4294967295), "sample_rate 4294967295"),
+    (m.PlayAudio(b"\x00" * 3, 16000), "odd number of bytes"),
+    (m.PlayAudio(b"\x00" * (1024 * 1024 + 2), 16000), "exceeds the 1048576-byte limit"),
+    (m.Mark(""), "mark name is empty"),
+    (m.Mark("a" * 129), "129 characters"),
+    (m.Mark("two words"), "characters outside"),
+    (m.Mark("line\nforged"), "characters outside"),
+    (m.Mark("a,b"), "characters outside"),
+    (m.Transfer(()), "at least one parameter"),
+    (m.Transfer((("k", "v"),) * 17), "17 parameters"),
+    (m.Transfer((("k=x", "v"),)), "characters outside"),
+    (m.Transfer((("k", "a,b"),)), "characters outside"),
+    (m.Transfer((("", "v"),)), "key is empty"),
+    (m.Transfer((("k", "v" * 129),)), "129 characters"),
+    (m.Refused("decoded badly"), "decoded badly"),
+]
+
+
+@pytest.mark.parametrize(("body", "words"), REFUSED_COMMANDS,
+                         ids=[f"{type(b).__name__}-{w}" for b, w in REFUSED_COMMANDS])
+def test_bad_commands_are_rejected_with_a_reason_and_do_nothing(body, words):
+    """A command that breaks a rule gets one command_rejected record naming it, and no frame."""
+    call = _started(CallSettings(playout=PlayoutSettings(paced=False)))
+    effects = call.on_command(_cmd(body), T0 + 1)
+    (rejected,) = _bodies(effects, m.CommandRejected)
+    assert words in rejected.reason
+    assert [e for e in effects if not isinstance(e, m.Publish)] == []
+    assert call.state is State.ACTIVE
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000])
+def test_every_supported_play_rate_is_played(rate):
+    """Bot audio at each supported rate is converted and played, about its length in time."""
+    call = _started(CallSettings(playout=PlayoutSettings(paced=False)))
+    effects = call.on_command(_cmd(m.PlayAudio(_pcm(rate // 10), rate)), T0 + 1)
+    assert _bodies(effects, m.CommandRejected) == []
+    played = sum(len(f.pcm) for f in _played(effects, 16000)) // 2
+    assert abs(played - 1600) <= 2
+
+
+def test_node_budget_refuses_plays_once_spent_and_frees_it_when_calls_end():
+    """Calls share the node's audio budget: a play past it is rejected; an ended call gives
+    its share back."""
+    budget = AudioBudget(40_000)
+    a, b = (_started(CallSettings(), budget=budget, call_id=i) for i in ("a", "b"))
+    # 1 s each (32 000 bytes); paced, a's first 400 ms leave at once and free their share.
+    assert _bodies(a.on_command(_cmd(m.PlayAudio(_pcm(16000), 16000)), T0 + 1),
+                   m.CommandRejected) == []
+    assert budget.used == 32_000 - 2 * 6400
+    (rejected,) = _bodies(b.on_command(_cmd(m.PlayAudio(_pcm(16000), 16000)), T0 + 1),
+                          m.CommandRejected)
+    assert rejected.reason.startswith("node playout budget exhausted")
+    a.on_socket_closed(1000, True, T0 + 2)
+    assert budget.used == 0
+    assert _bodies(b.on_command(_cmd(m.PlayAudio(_pcm(16000), 16000)), T0 + 3),
+                   m.CommandRejected) == []
+    b.on_socket_closed(1000, True, T0 + 4)
+    assert budget.used == 0
+
+
+def test_marks_beyond_the_bound_are_rejected_and_clear_releases_only_those_queued():
+    """Marks past max_markers are rejected; a clear then releases exactly the queued ones."""
+    call = _started(CallSettings(playout=PlayoutSettings(max_markers=4)))
+    call.on_command(_cmd(m.PlayAudio(_pcm(16000), 16000)), T0 + 1)
+    rejected = []
+    for i in range(10):
+        rejected += _bodies(call.on_command(_cmd(m.Mark(f"m{i}")), T0 + 1), m.CommandRejected)
+    assert len(rejected) == 6
+    effects = call.on_command(_cmd(m.ClearAudio()), T0 + 1)
+    assert [e.kind for e in _bodies(effects, m.PlaybackEvent)] == (
+        [m.PlaybackKind.CLEARED] + [m.PlaybackKind.MARK_REACHED] * 4)
+
+
+def test_binary_frame_flood_counts_empty_frames_and_closes_with_1008():
+    """Zero-length frames count against the frame rate: past the burst the call ends with 1008."""
+    call = _started(CallSettings(max_frames_per_s=50, frame_burst=20))
+    ended = []
+    for i in range(100):
+        effects = call.on_binary(b"", T0 + 1 + i * 0.0001)
+        ended += _bodies(effects, m.CallEnded)
+    (end,) = ended
+    assert (end.reason, end.close_code) == (m.EndReason.PROTOCOL_ERROR, 1008)
+    assert "frame flood" in end.detail
+
+
+def test_frames_at_a_real_providers_pace_are_never_a_flood():
+    """Fifty 20 ms frames a second for a minute, with a 5 s stall sent at once, pass."""
     call = _started()
-    effects = call.on_command(_cmd(m.PlayAudio(_pcm(100), 0)), T0 + 1)
-    (event,) = _bodies(effects, m.PlaybackEvent)
-    assert (event.kind, event.samples) == (m.PlaybackKind.AUDIO_DROPPED, 100)
-    assert event.detail.startswith("cannot resample")
+    t = T0 + 1
+    for i in range(3000):
+        if 1000 <= i < 1250:
+            # A 5 s stall: those frames arrive together when the network recovers.
+            t_frame = T0 + 1 + 1250 * 0.02
+        else:
+            t_frame = T0 + 1 + i * 0.02
+        t = max(t, t_frame)
+        assert _bodies(call.on_binary(_pcm(320), t), m.CallEnded) == []
 
 
 # --- aggregation of caller audio ------------------------------------------------------

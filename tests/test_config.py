@@ -29,13 +29,22 @@ def test_defaults_when_nothing_is_given():
         "tcp:8080", "127.0.0.1:9092", "node-7", "knowlarity")
     assert c.paths == ("/vaani/knowlarity/setup-call-streams", "/knowlarity-stream")
     assert (c.auth_token, c.allow_from, c.metrics_listen) == ("", (), "tcp:9100")
-    assert (c.max_frame_bytes, c.buffer_bytes, c.linger_ms) == (65536, 64 * 1024 * 1024, 5)
+    assert (c.max_frame_bytes, c.buffer_bytes, c.linger_ms) == (196608, 64 * 1024 * 1024, 5)
+    assert (c.max_request_bytes, c.max_sockets, c.max_awaiting_start) == (16384, 200, 50)
+    assert (c.max_write_buffer_bytes, c.playout_node_bytes) == (262144, 96 * 1024 * 1024)
+    assert (c.buffer_call_share_bytes, c.allow_unauthenticated) == (4 * 1024 * 1024, False)
     assert (c.inbound_partitions, c.replication_factor, c.drain_timeout_s) == (12, 1, 30.0)
     s = c.call
     assert (s.start_timeout_s, s.ending_timeout_s, s.idle_timeout_s) == (10.0, 10.0, 60.0)
     assert (s.content_type, s.kill_audio_on_clear) == (AudioContentType.WAVE, False)
     p = s.playout
-    assert (p.paced, p.clip_ms, p.lead_ms, p.max_queue_ms) == (True, 200, 300, 120_000)
+    assert (p.paced, p.clip_ms, p.lead_ms, p.max_call_bytes, p.max_markers) == (
+        True, 200, 300, 2 * 1024 * 1024, 256)
+    assert (s.max_frames_per_s, s.frame_burst, s.max_audio_speed) == (250.0, 1000, 3.0)
+    assert (s.audio_burst_allowance_s, s.max_text_frames_per_s) == (10.0, 20.0)
+    k = s.commands
+    assert (k.max_play_bytes, k.max_name_chars, k.max_transfer_params) == (1024 * 1024, 128, 16)
+    assert c == NodeConfig(node_id="node-7"), "the dataclass defaults are the settings' defaults"
 
 
 # (attribute path on NodeConfig, argv, environment, expected value)
@@ -51,7 +60,11 @@ PRECEDENCE = [
     ("call.playout.paced", ["--playout-paced", "yes"], {"KGW_PLAYOUT_PACED": "off"}, True),
     ("call.playout.lead_ms", [], {"KGW_PLAYOUT_LEAD_MS": "0"}, 0),
     ("call.playout.clip_ms", ["--playout-clip-ms", "40"], {}, 40),
-    ("call.playout.max_queue_ms", [], {"KGW_PLAYOUT_MAX_QUEUE_MS": "5000"}, 5000),
+    ("call.playout.max_call_bytes", [], {"KGW_PLAYOUT_MAX_CALL_BYTES": "5000"}, 5000),
+    ("call.commands.max_play_bytes", ["--max-play-bytes", "10"], {}, 10),
+    ("call.frame_burst", [], {"KGW_FRAME_BURST": "7"}, 7),
+    ("allow_unauthenticated", [], {"KGW_ALLOW_UNAUTHENTICATED": "true"}, True),
+    ("auth_token", [], {"KGW_AUTH_TOKEN": "  padded \n"}, "padded"),
     ("call.kill_audio_on_clear", [], {"KGW_KILL_AUDIO_ON_CLEAR": "1"}, True),
     ("call.content_type", [], {"KGW_AUDIO_CONTENT_TYPE": "raw"}, AudioContentType.RAW),
     ("call.ending_timeout_s", [], {"KGW_ENDING_TIMEOUT_S": "3"}, 3.0),
@@ -60,7 +73,7 @@ PRECEDENCE = [
     ("paths", [], {"KGW_PATHS": "/a/, /b/c"}, ("/a", "/b/c")),
     ("allow_from", [], {"KGW_ALLOW_FROM": "10.0.0.0/8, 192.168.1.7"},
      (ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("192.168.1.7/32"))),
-    ("buffer_bytes", ["--buffer-bytes", "1024"], {"KGW_BUFFER_BYTES": "2048"}, 1024),
+    ("buffer_bytes", ["--buffer-bytes", "8388608"], {"KGW_BUFFER_BYTES": "2048"}, 8388608),
     ("drain_timeout_s", [], {"KGW_DRAIN_TIMEOUT_S": "0"}, 0.0),
     ("metrics_listen", [], {"KGW_METRICS_LISTEN": ""}, ""),
 ]
@@ -157,3 +170,58 @@ def test_every_setting_has_its_own_flag_and_variable():
     envs = [s.env for s in NODE_SETTINGS]
     assert len(set(flags)) == len(flags) and len(set(envs)) == len(envs)
     assert all(e.startswith("KGW_") for e in envs)
+
+
+def test_token_file_is_read_trimmed_and_wins_over_the_flag(tmp_path):
+    """--auth-token-file is read once at start, trimmed, and takes the place of --auth-token."""
+    f = tmp_path / "token"
+    f.write_text("  from-file\n")
+    c = _config(["--auth-token", "flag"], {**NODE, "KGW_AUTH_TOKEN_FILE": str(f)})
+    assert c.auth_token == "from-file"
+    assert not c.protected_mode
+
+
+@pytest.mark.parametrize("content", [None, "", "  \n"])
+def test_missing_or_empty_token_file_fails_naming_the_setting(tmp_path, content):
+    """A token file that cannot be read or holds nothing stops the node at start, naming it."""
+    f = tmp_path / "token"
+    if content is not None:
+        f.write_text(content)
+    with pytest.raises(SettingError, match="--auth-token-file / KGW_AUTH_TOKEN_FILE") as e:
+        _config([], {**NODE, "KGW_AUTH_TOKEN_FILE": str(f)})
+    assert str(tmp_path) not in str(e.value) or content is None
+
+
+# (argv, names the message must hold)
+INCOMPATIBLE = [
+    (["--playout-clip-ms", "3000"], ("--playout-clip-ms", "--max-write-buffer-bytes")),
+    (["--max-write-buffer-bytes", "1000"], ("--playout-clip-ms", "--max-write-buffer-bytes")),
+    (["--buffer-call-share-bytes", "100", "--buffer-bytes", "50"],
+     ("--buffer-call-share-bytes", "--buffer-bytes")),
+    (["--playout-max-call-bytes", "100", "--playout-node-bytes", "50"],
+     ("--playout-max-call-bytes", "--playout-node-bytes")),
+]
+
+
+@pytest.mark.parametrize(("argv", "names"), INCOMPATIBLE)
+def test_settings_that_cannot_work_together_fail_at_start(argv, names):
+    """A playAudio frame larger than the write-buffer bound, or a share above its whole, is
+    refused at start with a message naming both settings."""
+    with pytest.raises(SettingError) as e:
+        _config(argv, dict(NODE))
+    assert all(n in str(e.value) for n in names)
+
+
+@pytest.mark.parametrize(("env", "allowed", "protected"), [
+    ({}, ("127.0.0.0/8", "::1/128"), True),
+    ({"KGW_ALLOW_UNAUTHENTICATED": "yes"}, (), False),
+    ({"KGW_AUTH_TOKEN": "t"}, (), False),
+    ({"KGW_ALLOW_FROM": "10.1.0.0/16"}, ("10.1.0.0/16",), False),
+    ({"KGW_ALLOW_FROM": "10.1.0.0/16", "KGW_AUTH_TOKEN": "t"}, ("10.1.0.0/16",), False),
+])
+def test_with_no_token_and_no_allow_list_only_loopback_may_connect(env, allowed, protected):
+    """Secure by default: loopback only, unless a token, an allow-list or
+    --allow-unauthenticated says otherwise."""
+    c = _config([], {**NODE, **env})
+    assert tuple(str(n) for n in c.allowed_networks) == allowed
+    assert c.protected_mode is protected

@@ -638,3 +638,60 @@ def test_decode_gateway_frame_rejects_broken_audio(text: str, reason: str) -> No
     with pytest.raises(ProtocolError) as caught:
         decode_gateway_frame(text, call_sample_rate=16000)
     assert reason in caught.value.reason
+
+
+# --- bounds on what the provider sends -------------------------------------------------------
+
+CALL_IDS = [
+    ("aosi-adfad-23-ad", True),
+    ("c-7781_0", True),
+    ("a:b.c_d-e", True),
+    ("x" * 128, True),
+    ("x" * 129, False),
+    ("a b", False),
+    ("new\nline", False),
+    ("quote'", False),
+    ("slash/", False),
+    ("é", False),
+    ("", False),
+]
+
+
+@pytest.mark.parametrize(("call_id", "ok"), CALL_IDS)
+def test_call_ids_are_bounded_and_from_a_safe_set(call_id, ok):
+    """Call ids of 1 to 128 characters of A-Z a-z 0-9 - _ . : pass; anything else is 1007."""
+    from gateway.core.knowlarity import check_call_id
+
+    if ok:
+        assert check_call_id(call_id) == call_id
+    else:
+        with pytest.raises(ProtocolError) as e:
+            check_call_id(call_id)
+        assert e.value.close_code == CloseCode.INVALID_PAYLOAD
+        assert "\n" not in e.value.reason
+
+
+def test_a_start_message_with_a_60_kb_call_id_is_refused():
+    """The uuid of a start message is checked: 60 KB of it is a 1007, not a Kafka key."""
+    with pytest.raises(ProtocolError, match="at most 128"):
+        parse_start(json.dumps({"uuid": "a" * 60_000}), fallback_call_id="f")
+
+
+def test_a_bad_fallback_call_id_is_refused_too():
+    """Without a uuid, the path's id becomes the call id only if it passes the same check."""
+    with pytest.raises(ProtocolError, match="characters outside"):
+        parse_start('{"sample_rate": 16000}', fallback_call_id="a;b")
+
+
+@pytest.mark.parametrize(("size", "ok"), [(1000, True), (8 * 1024 - 10, True),
+                                          (8 * 1024 + 10, False), (60_000, False)])
+def test_python_literal_start_messages_are_read_only_when_small(size, ok):
+    """The Python-literal parser (slow on big input) only runs on messages under 8 KiB."""
+    head = "{'uuid': 'c1', 'sample_rate': 16000, 'pad': '"
+    text = head + "p" * (size - len(head) - 2) + "'}"
+    assert len(text) == size
+    if ok:
+        assert parse_start(text, fallback_call_id="f").shape == "python-literal"
+    else:
+        with pytest.raises(ProtocolError, match="too long to be read as a Python literal"):
+            parse_start(text, fallback_call_id="f")

@@ -112,12 +112,13 @@ def test_record_loss_of_a_delivery_failure_leaves_the_buffer_bytes_alone():
 
 def test_first_record_seq_is_the_lowest_even_when_losses_arrive_out_of_order():
     """An older record whose delivery fails after newer ones were dropped still sets first_seq."""
-    box = Outbox(max_bytes=20)
+    box = Outbox(max_bytes=30)
     box.put(_e(10, "a", 3))
-    (in_flight,) = box.take(1)  # a/3 handed to the producer
+    (in_flight,) = box.take(1)  # a/3 handed to the producer: its 10 bytes still count
     for seq in (4, 5, 6):
         box.put(_e(10, "a", seq))  # a/4 dropped to make room for a/6
     box.record_loss(in_flight)  # then a/3 fails delivery
+    box.settle([in_flight])
     assert box.take_losses() == {("a", IN): Loss(2, 3, 4, 0)}
 
 
@@ -137,3 +138,55 @@ def test_losses_of_one_call_on_two_topics_are_kept_apart():
     box.put(_e(10, "a", -1, topic=OUT))  # drops a/0 (inbound)
     box.put(_e(10))  # drops the outbound one
     assert box.take_losses() == {("a", IN): Loss(1, 0, 0, 0), ("a", OUT): Loss(1, -1, -1, 0)}
+
+
+def test_records_in_flight_count_until_settled():
+    """Taken records stay in the byte accounting until the producer settles them."""
+    box = Outbox(max_bytes=30)
+    for seq in range(3):
+        box.put(_e(10, "a", seq, tag=f"r{seq}"))
+    taken = box.take(3)
+    assert (len(box), box.bytes, box.in_flight_bytes) == (0, 0, 30)
+    assert box.put(_e(10, "a", 3, tag="r3")) == 0  # the newest is always kept
+    assert box.put(_e(10, "a", 4, tag="r4")) == 1  # ... but it displaces a queued one
+    box.settle(taken)
+    assert box.in_flight_bytes == 0
+    assert box.put(_e(10, "a", 5, tag="r5")) == 0
+
+
+# (share, records put as (call, size), records kept in order, losses by call)
+SHARES = [
+    ("flooder loses its own oldest", 25, [("f", 10), ("q", 10), ("f", 10), ("f", 10)],
+     ["q", "f", "f"], {"f": 1}),
+    ("all within share", 20, [("a", 10), ("b", 10), ("a", 10)], ["a", "b", "a"], {}),
+    ("a record over the share alone is kept", 5, [("a", 10)], ["a"], {}),
+    ("two flooders, one quiet call", 20,
+     [("q", 5), ("f", 10), ("g", 10), ("f", 10), ("g", 10), ("f", 10), ("g", 10)],
+     ["q", "f", "g", "f", "g"], {"f": 1, "g": 1}),
+]
+
+
+@pytest.mark.parametrize(("share", "puts", "kept", "lost"), [s[1:] for s in SHARES],
+                         ids=[s[0] for s in SHARES])
+def test_a_call_over_its_share_loses_its_own_records_not_others(share, puts, kept, lost):
+    """Past its share a call's own oldest records go first; other calls keep theirs."""
+    box = Outbox(max_bytes=1000, call_share=share)
+    for i, (call, size) in enumerate(puts):
+        box.put(_e(size, call, i))
+    assert [e.call_id for e in box.take(100)] == kept
+    assert {c: loss.records for (c, _t), loss in box.take_losses().items()} == lost
+
+
+def test_a_flood_cannot_evict_a_quiet_call_from_a_full_buffer():
+    """10 000 records of one call into a buffer with a quiet call's: the quiet call keeps all."""
+    box = Outbox(max_bytes=10_000, call_share=2_000)
+    for seq in range(5):
+        box.put(_e(100, "quiet", seq))
+    for seq in range(10_000):
+        box.put(_e(100, "flood", seq))
+    kept = box.take(100_000)
+    assert [e.record_seq for e in kept if e.call_id == "quiet"] == [0, 1, 2, 3, 4]
+    assert sum(1 for e in kept if e.call_id == "flood") == 20
+    assert box.bytes == 0
+    losses = box.take_losses()
+    assert losses == {("flood", IN): Loss(9980, 0, 9979, 0)}

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 
 from gateway.core.model import HangUp, Mark, Transfer
-from gateway.core.playout import Playout, PlayoutSettings, ReleasedAudio, ReleasedMarker
+from gateway.core.playout import (
+    BUDGET_EXHAUSTED,
+    MAX_CLIPS_PER_PUMP,
+    QUEUE_FULL,
+    TOO_MANY_MARKERS,
+    AudioBudget,
+    Playout,
+    PlayoutSettings,
+    ReleasedAudio,
+    ReleasedMarker,
+)
 
 T = 1000.0
 RATE = 16000
@@ -50,7 +60,7 @@ def test_first_pump_releases_up_to_lead_in_clips(settings, chunks, sizes, wake):
     """A pump releases clips of at most clip_ms while the playout clock is within lead."""
     p = Playout(settings, RATE)
     for i, ms in enumerate(chunks):
-        assert p.enqueue_audio(_pcm(ms, i)) == 0
+        assert p.enqueue_audio(_pcm(ms, i)) is None
     released, delay = p.pump(T)
     assert _sizes(released) == sizes
     assert delay == (None if wake is None else pytest.approx(wake))
@@ -124,7 +134,10 @@ def test_clips_hold_whole_samples_and_never_exceed_clip_size(rate, clip_ms, clip
     p = Playout(PlayoutSettings(lead_ms=10_000, clip_ms=clip_ms), rate)
     pcm = _pcm(50, 5, rate) + _pcm(3, 6, rate)
     p.enqueue_audio(pcm)
-    released, _ = p.pump(T)
+    released, wake = p.pump(T)
+    while wake == 0.0:  # more than MAX_CLIPS_PER_PUMP clips are due: the next pump is now
+        more, wake = p.pump(T)
+        released += more
     clips = _audio(released)
     assert all(len(c.pcm) % 2 == 0 for c in clips)
     assert all(len(c.pcm) == 2 * clip_samples for c in clips[:-1])
@@ -176,7 +189,7 @@ def test_markers_on_an_idle_playout_are_released_at_once_in_order():
 def test_empty_playout_releases_nothing_and_needs_no_wake():
     """Pumping an empty playout releases nothing and asks for no timer."""
     p = Playout(PlayoutSettings(), RATE)
-    assert p.enqueue_audio(b"") == 0
+    assert p.enqueue_audio(b"") is None
     assert p.pump(T) == ([], None)
     assert (p.queued_samples, p.released_samples) == (0, 0)
 
@@ -211,16 +224,86 @@ def test_clear_keeps_the_playout_clock_and_media_position():
 
 @pytest.mark.parametrize(
     ("chunks", "refused"),
-    [([100], [0]), ([101], [1616]), ([60, 40], [0, 0]), ([60, 41], [0, 656]),
-     ([100, 0], [0, 0])],
+    [([100], [None]), ([101], [QUEUE_FULL]), ([60, 40], [None, None]),
+     ([60, 41], [None, QUEUE_FULL]), ([100, 0], [None, None])],
 )
-def test_enqueue_refuses_audio_beyond_max_queue_whole(chunks, refused):
-    """Audio that would take the queue past max_queue_ms is refused whole, samples returned."""
-    p = Playout(PlayoutSettings(max_queue_ms=100), RATE)
+def test_enqueue_refuses_audio_beyond_the_call_bound_whole(chunks, refused):
+    """Audio that would take the call past max_call_bytes is refused whole, with the reason."""
+    p = Playout(PlayoutSettings(max_call_bytes=3200), RATE)
     assert [p.enqueue_audio(_pcm(ms)) for ms in chunks] == refused
     accepted = sum(ms for ms, r in zip(chunks, refused, strict=True) if not r)
     assert p.queued_samples == accepted * 16
-    assert p.free_samples == 1600 - accepted * 16
+    assert p.held_bytes == accepted * 32
+
+
+# (call rate, bot rate, bot bytes, bytes held: the larger of before and after conversion)
+HELD = [
+    (16000, 16000, 3200, 3200),
+    (16000, 8000, 3200, 6400),
+    (8000, 48000, 9600, 9600),
+    (8000, 44100, 8820, 8820),
+    (48000, 8000, 1600, 9600),
+]
+
+
+@pytest.mark.parametrize(("call_rate", "rate", "size", "held"), HELD)
+def test_held_bytes_count_the_larger_of_input_and_converted(call_rate, rate, size, held):
+    """What a call holds is counted before any conversion, as the larger of the two sizes."""
+    p = Playout(PlayoutSettings(max_call_bytes=held), call_rate)
+    assert p.enqueue_audio(bytes(size), rate) is None
+    assert p.held_bytes == held
+    p2 = Playout(PlayoutSettings(max_call_bytes=held - 1), call_rate)
+    assert p2.enqueue_audio(bytes(size), rate) == QUEUE_FULL
+
+
+def test_node_budget_is_shared_and_returned_by_release_and_clear():
+    """Two playouts share one budget: refused past it, and every byte comes back."""
+    budget = AudioBudget(6399)
+    a = Playout(PlayoutSettings(lead_ms=0, clip_ms=20), RATE, budget)
+    b = Playout(PlayoutSettings(lead_ms=0, clip_ms=20), RATE, budget)
+    assert a.enqueue_audio(_pcm(100)) is None
+    assert b.enqueue_audio(_pcm(100)) == BUDGET_EXHAUSTED
+    a.pump(T)  # one 20 ms clip released: 640 bytes back
+    assert budget.used == 3200 - 640
+    assert b.enqueue_audio(_pcm(20)) is None
+    a.clear()
+    b.clear()
+    assert budget.used == 0
+
+
+def test_markers_are_bounded_and_counted_down_as_released():
+    """Past max_markers a marker is refused; released markers free their places."""
+    p = Playout(PlayoutSettings(max_markers=2), RATE)
+    assert [p.enqueue_marker(Mark(str(i))) for i in range(3)] == [None, None, TOO_MANY_MARKERS]
+    p.pump(T)
+    assert p.markers == 0
+    assert p.enqueue_marker(Mark("again")) is None
+
+
+def test_resampled_audio_is_converted_in_pieces_and_all_of_it_is_released():
+    """A long command at another rate is converted as it is released; the total is its length
+    at the call's rate, and the held bytes return to zero."""
+    p = Playout(PlayoutSettings(paced=False), 8000)
+    assert p.enqueue_audio(bytes(2 * 48000 * 3), 48000) is None  # 3 s at 48 kHz
+    total = 0
+    t = T
+    for _ in range(100):
+        released, wake = p.pump(t)
+        total += sum(len(r.pcm) for r in _audio(released)) // 2
+        if wake is None:
+            break
+        t += wake
+    assert abs(total - 24000) <= 2
+    assert p.held_bytes == 0
+
+
+def test_an_unpaced_pump_releases_a_bounded_number_of_clips():
+    """Unpaced, one pump releases at most MAX_CLIPS_PER_PUMP clips and asks to run again now."""
+    p = Playout(PlayoutSettings(paced=False, clip_ms=20), RATE)
+    p.enqueue_audio(_pcm(2000))
+    released, wake = p.pump(T)
+    assert len(_audio(released)) == MAX_CLIPS_PER_PUMP
+    assert wake == 0.0
 
 
 @pytest.mark.parametrize(

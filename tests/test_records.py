@@ -159,7 +159,6 @@ COMMANDS = [
     m.PlayAudio(pcm=b"", sample_rate=48000),
     m.ClearAudio(),
     m.Mark(name="after-greeting"),
-    m.Mark(name=""),
     m.HangUp(),
     m.Transfer(parameters=(("parameter1", "default"),)),
     m.Transfer(parameters=(("z", "1"), ("a", "2"), ("m", ""))),
@@ -213,15 +212,48 @@ def _body_without_call_id() -> bytes:
         (b"garbage", "undecodable"),
         (b"", "call_id"),
         (_body_without_call_id(), "call_id"),
-        (_pb_command(call_id="c"), "no known body"),
-        (_pb_command(call_id="c", command_id="x", sent_unix_us=5), "no known body"),
-        (_play_without_rate(), "sample_rate"),
     ],
 )
 def test_decode_command_rejects_unusable_records(data, why):
-    """Garbage, a missing call id, a missing body or a rateless play raise BadRecord."""
+    """Garbage or a missing call id (no call to tell) raise BadRecord."""
     with pytest.raises(records.BadRecord, match=why):
         records.decode_command(data)
+
+
+def _pb_play(rate: int, pcm: bytes) -> bytes:
+    pb = command_pb2.Command(call_id="c", command_id="k")
+    pb.play.pcm = pcm
+    pb.play.sample_rate = rate
+    return pb.SerializeToString()
+
+
+def _pb_mark(name: str, command_id: str = "k") -> bytes:
+    pb = command_pb2.Command(call_id="c", command_id=command_id)
+    pb.mark.name = name
+    return pb.SerializeToString()
+
+
+@pytest.mark.parametrize(
+    ("data", "why", "command_id"),
+    [
+        (_pb_command(call_id="c"), "no known body", ""),
+        (_pb_command(call_id="c", command_id="x", sent_unix_us=5), "no known body", "x"),
+        (_play_without_rate(), "sample_rate 0", ""),
+        (_pb_play(4294967295, b"\x00\x00"), "sample_rate 4294967295", "k"),
+        (_pb_play(16000, b"\x00" * 3), "odd number of bytes", "k"),
+        (_pb_play(16000, b"\x00" * (1024 * 1024 + 2)), "1048576-byte limit", "k"),
+        (_pb_mark("bad,name"), "characters outside", "k"),
+        (_pb_mark("ok", command_id="x" * 200), "command_id has 200", ""),
+        (_pb_mark("ok", command_id="new\nline"), "command_id", ""),
+    ],
+)
+def test_decode_command_refuses_what_breaks_a_rule(data, why, command_id):
+    """A command for a call that breaks a rule decodes to Refused, naming the rule, so the
+    call can publish command_rejected; an unprintable command id is not echoed."""
+    cmd = records.decode_command(data)
+    assert isinstance(cmd.body, m.Refused)
+    assert why in cmd.body.reason
+    assert (cmd.call_id, cmd.command_id) == ("c", command_id)
 
 
 # --- outbound audit -------------------------------------------------------------------------

@@ -131,7 +131,7 @@ class TcpLikeTransport(StringTransport):
 class Provider:
     """Knowlarity's end of one socket: a real ``ProviderProtocol`` on a ``StringTransport``."""
 
-    def __init__(self, node: Node, peer_host: str = "203.0.113.7") -> None:
+    def __init__(self, node: Node, peer_host: str = "127.0.0.1") -> None:
         self.node = node
         addr = IPv4Address("TCP", peer_host, 40000)
         self.transport = TcpLikeTransport(peerAddress=addr)

@@ -18,17 +18,20 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
+from gateway.core import commands
 from gateway.core import knowlarity as codec
 from gateway.core import model as m
+from gateway.core.commands import CommandLimits
 from gateway.core.errors import CloseCode, ProtocolError, UsageError
+from gateway.core.rate import TokenBucket
 from gateway.core.playout import (
     BYTES_PER_SAMPLE,
+    AudioBudget,
     Marker,
     Playout,
     PlayoutSettings,
     ReleasedAudio,
 )
-from gateway.core.resample import to_call_rate
 
 
 class State(enum.Enum):
@@ -60,13 +63,18 @@ class CallSettings:
     # Caller audio faster than this multiple of real time (after a grace
     # allowance) is a flood, not a phone call.
     max_audio_speed: float = 3.0
-    audio_burst_allowance_s: float = 5.0
+    audio_burst_allowance_s: float = 10.0
+    # Binary frames of any size (zero-length ones too): a sustained rate above
+    # this, beyond the burst, is a flood. Each frame costs a record.
+    max_frames_per_s: float = 250.0
+    frame_burst: int = 1000
     # Text frames after the start message: a sustained rate above this is a flood.
     max_text_frames_per_s: float = 20.0
     text_burst: int = 100
     # Caller audio per inbound record, in ms; 0 publishes each frame as it comes.
     aggregate_ms: int = 0
     playout: PlayoutSettings = field(default_factory=PlayoutSettings)
+    commands: CommandLimits = field(default_factory=CommandLimits)
 
 
 class Call:
@@ -79,8 +87,11 @@ class Call:
         provisional_id: str,
         reply_topic: str,
         request_path: str,
+        budget: AudioBudget | None = None,
     ) -> None:
         self._s = settings
+        # The node's budget for bot audio, shared by its calls; a call alone has its own.
+        self._budget = budget or AudioBudget(settings.playout.max_call_bytes)
         self._reply_topic = reply_topic
         self._request_path = request_path
         self.call_id = provisional_id
@@ -100,8 +111,8 @@ class Call:
         self._opened_at = 0.0
         self._started_at = 0.0
         self._last_frame_at = 0.0
-        self._text_tokens = float(settings.text_burst)
-        self._text_refill_at = 0.0
+        self._text_bucket = TokenBucket(settings.max_text_frames_per_s, settings.text_burst)
+        self._frame_bucket = TokenBucket(settings.max_frames_per_s, settings.frame_burst)
         # What ENDING waits for: the reason to report once the provider closes.
         self._pending_reason: m.EndReason | None = None
 
@@ -126,6 +137,10 @@ class Call:
     def on_binary(self, data: bytes, now: float) -> list[m.Effect]:
         self._last_frame_at = now
         if self.state in (State.ACTIVE, State.ENDING):
+            if not self._frame_bucket.take(now):
+                return self._fail(ProtocolError(
+                    f"binary frame flood (over {self._s.max_frames_per_s:g} frames/s beyond a "
+                    f"burst of {self._s.frame_burst})", CloseCode.POLICY_VIOLATION), now)
             pcm = self._aligner.push(data)
             if not pcm:
                 # A zero-length frame marks the end of the caller's stream; the
@@ -242,46 +257,34 @@ class Call:
             if isinstance(body, m.PlayAudio) and self.state is State.ENDING:
                 return [self._dropped(now, len(body.pcm) // BYTES_PER_SAMPLE, "call is ending")]
             return []
+        if isinstance(body, m.Refused):
+            return [self._rejected(cmd, body.reason, now)]
+        # Checked when decoded; again here, so the core holds its bounds for any caller.
+        why = commands.check(body, self._s.commands)
+        if why:
+            return [self._rejected(cmd, why, now)]
+        playout = self._playout
         if isinstance(body, m.PlayAudio):
-            effects = self._queue_audio(self._playout, body, now)
+            why = playout.enqueue_audio(body.pcm, body.sample_rate)
+            if why:
+                return [self._rejected(cmd, f"{why}: {len(body.pcm)} bytes at "
+                                            f"{body.sample_rate} Hz refused", now)]
+            effects: list[m.Effect] = []
         elif isinstance(body, m.ClearAudio):
-            effects = self._clear(self._playout, now)
+            effects = self._clear(playout, now)
             if self.state is not State.ACTIVE:
                 return effects
-        elif isinstance(body, m.Transfer):
-            try:
-                codec.check_transfer_parameters(body.parameters)
-            except ValueError as e:
-                return [self._record(now, m.CommandRejected(cmd.command_id, str(e)))]
-            self._playout.enqueue_marker(body)
-            effects = []
-        elif isinstance(body, m.Mark | m.HangUp):
-            self._playout.enqueue_marker(body)
+        elif isinstance(body, m.Transfer | m.Mark | m.HangUp):
+            why = playout.enqueue_marker(body)
+            if why:
+                return [self._rejected(cmd, why, now)]
             effects = []
         else:  # pragma: no cover - the union is exhaustive
             raise UsageError(f"unknown command {body!r}")
         return effects + self._pump(now)
 
-    def _queue_audio(self, playout: Playout, body: m.PlayAudio, now: float) -> list[m.Effect]:
-        effects: list[m.Effect] = []
-        pcm = body.pcm
-        if len(pcm) % BYTES_PER_SAMPLE:
-            pcm = pcm[:-1]
-            effects.append(self._dropped(now, 0, "odd-length PCM: last byte dropped"))
-        # Refuse what cannot fit before resampling it: a bot that writes 16 for
-        # 16 kHz would otherwise have the reactor build 1000 times its audio first.
-        if body.sample_rate > 0:  # soxr refuses the rest, below
-            resampled = len(pcm) // BYTES_PER_SAMPLE * self.sample_rate // body.sample_rate
-            if resampled > playout.free_samples:
-                return effects + [self._dropped(now, resampled, "playout queue full")]
-        try:
-            pcm = to_call_rate(pcm, body.sample_rate, self.sample_rate)
-        except ValueError as e:  # soxr refuses absurd rates
-            return effects + [self._dropped(now, len(pcm) // 2, f"cannot resample: {e}")]
-        refused = playout.enqueue_audio(pcm)
-        if refused:
-            effects.append(self._dropped(now, refused, "playout queue full"))
-        return effects
+    def _rejected(self, cmd: m.Command, reason: str, now: float) -> m.Publish:
+        return self._record(now, m.CommandRejected(cmd.command_id, reason))
 
     def _clear(self, playout: Playout, now: float) -> list[m.Effect]:
         """Drop queued audio; the markers it held are due at once (a hang-up still happens)."""
@@ -322,8 +325,9 @@ class Call:
         self.sample_rate = start.sample_rate
         self.state = State.ACTIVE
         self._started_at = now
-        self._text_refill_at = now
-        self._playout = Playout(self._s.playout, start.sample_rate)
+        self._text_bucket.restart(now)
+        self._frame_bucket.restart(now)
+        self._playout = Playout(self._s.playout, start.sample_rate, self._budget)
         self._aggregate_samples = self._s.aggregate_ms * start.sample_rate // 1000
         effects: list[m.Effect] = [
             m.CancelTimer(START_TIMER),
@@ -424,15 +428,8 @@ class Call:
         return [m.CancelTimer(t) for t in timers]
 
     def _take_text_token(self, now: float) -> None:
-        s = self._s
-        self._text_tokens = min(
-            float(s.text_burst),
-            self._text_tokens + (now - self._text_refill_at) * s.max_text_frames_per_s,
-        )
-        self._text_refill_at = now
-        if self._text_tokens < 1:
+        if not self._text_bucket.take(now):
             raise ProtocolError("text frame flood", CloseCode.POLICY_VIOLATION)
-        self._text_tokens -= 1
 
     def _is_audio_flood(self, now: float) -> bool:
         s = self._s

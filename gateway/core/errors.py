@@ -26,6 +26,7 @@ class CloseCode(enum.IntEnum):
     ENDING_TIMEOUT = 4001
     REPLACED = 4002
     IDLE_TIMEOUT = 4003
+    NOT_READING = 4004  # provider stopped reading: our write buffer passed its bound
 
 
 class ProtocolError(Exception):

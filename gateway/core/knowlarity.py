@@ -31,6 +31,7 @@ import binascii
 import enum
 import json
 import math
+import re
 import urllib.parse
 import warnings
 from collections.abc import Sequence
@@ -43,6 +44,10 @@ from gateway.core.wav import decode_wav, encode_wav
 __all__ = [
     "AudioContentType",
     "MAX_START_BYTES",
+    "MAX_LITERAL_START_BYTES",
+    "MAX_CALL_ID_CHARS",
+    "check_call_id",
+    "largest_play_frame_bytes",
     "SAMPLE_RATES",
     "PcmAligner",
     "parse_start",
@@ -62,6 +67,13 @@ __all__ = [
 ]
 
 MAX_START_BYTES = 64 * 1024
+# ast.literal_eval costs over 100 ms on a 60 KB message; real start messages
+# are well under 2 KB, so the Python-literal shape is parsed only below this.
+MAX_LITERAL_START_BYTES = 8 * 1024
+# Call ids become Kafka keys and appear in every log line about the call.
+MAX_CALL_ID_CHARS = 128
+CALL_ID_CHARS = "A-Z a-z 0-9 - _ . :"
+_CALL_ID = re.compile(r"[A-Za-z0-9\-_.:]+")
 SAMPLE_RATES = frozenset({8000, 16000, 24000, 32000, 44100, 48000})
 
 _BOM = "\ufeff"
@@ -109,7 +121,8 @@ def parse_start(text: str, *, fallback_call_id: str, default_sample_rate: int = 
         suffixes.append("+bom")
     meta = metadata if isinstance(metadata, dict) else {}
 
-    call_id = _text(_aliased(fields, "uuid", "callid"), "uuid") or fallback_call_id
+    call_id = check_call_id(
+        _text(_aliased(fields, "uuid", "callid"), "uuid") or fallback_call_id)
     call_type = meta.get("call_type", fields.get("call_type"))
     campaign = fields.get("campaign", meta.get("campaign"))
     return CallStart(
@@ -167,6 +180,11 @@ def _decode_document(text: str) -> tuple[dict[str, object], str, bool]:
 
 
 def _from_python_literal(text: str, json_error: Exception) -> dict[str, object]:
+    if len(text) > MAX_LITERAL_START_BYTES:
+        raise ProtocolError(
+            f"start message is not JSON ({_json_error(json_error)}), and at {len(text)} "
+            f"characters too long to be read as a Python literal "
+            f"(at most {MAX_LITERAL_START_BYTES})")
     try:
         # literal_eval warns (to stderr) about odd tokens such as "1st"; the error suffices.
         with warnings.catch_warnings():
@@ -263,6 +281,19 @@ def _json_object(text: str) -> dict[str, object] | None:
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def check_call_id(call_id: str) -> str:
+    """The call id, if it is 1 to ``MAX_CALL_ID_CHARS`` characters of ``CALL_ID_CHARS``.
+
+    Raises ``ProtocolError`` (1007) otherwise, before any record is written.
+    """
+    if len(call_id) > MAX_CALL_ID_CHARS:
+        raise ProtocolError(f"call id of {len(call_id)} characters; at most "
+                            f"{MAX_CALL_ID_CHARS} are allowed")
+    if not _CALL_ID.fullmatch(call_id):
+        raise ProtocolError(f"call id {_excerpt(call_id)} has characters outside {CALL_ID_CHARS}")
+    return call_id
 
 
 def _aliased(fields: dict[str, object], name: str, alias: str) -> object:
@@ -397,6 +428,14 @@ def encode_play_audio(
     if sample_rate <= 0:
         raise ValueError(f"sample rate must be positive; got {sample_rate}")
     return _PLAY_RAW % (int(sample_rate), _b64(pcm))
+
+
+def largest_play_frame_bytes(clip_ms: int, content_type: AudioContentType,
+                             sample_rate: int = 48000) -> int:
+    """Bytes of the largest ``playAudio`` frame a clip of ``clip_ms`` makes (default: at the
+    highest call rate), measured with the encoder itself."""
+    samples = max(1, clip_ms * sample_rate // 1000)
+    return len(encode_play_audio(bytes(2 * samples), sample_rate, content_type))
 
 
 _PLAY_WAVE = '{"type":"playAudio","data":{"audioContentType":"wave","audioContent":"%s"}}'

@@ -161,7 +161,15 @@ class Transfer:
     parameters: tuple[tuple[str, str], ...] = ()
 
 
-CommandBody = PlayAudio | ClearAudio | Mark | HangUp | Transfer
+@dataclass(frozen=True)
+class Refused:
+    """A command decoded but refused by ``gateway.core.commands.check``: the call publishes a
+    CommandRejected with this reason and does nothing else."""
+
+    reason: str
+
+
+CommandBody = PlayAudio | ClearAudio | Mark | HangUp | Transfer | Refused
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,15 @@ from collections import deque
 from dataclasses import dataclass
 
 from gateway.core.model import HangUp, Mark, Transfer
+from gateway.core.resample import Converter, converted_bytes
 
 Marker = Mark | HangUp | Transfer
 
 BYTES_PER_SAMPLE = 2
+# Unpaced playout releases everything due at once; in one pump at most this
+# many clips (then the next pump is due at once), so one call's big queue
+# never holds the reactor.
+MAX_CLIPS_PER_PUMP = 25
 
 
 @dataclass(frozen=True)
@@ -31,8 +36,66 @@ class PlayoutSettings:
     # How far ahead of the caller's ear audio may be sent. Larger rides out
     # network jitter; smaller makes clear faster.
     lead_ms: int = 300
-    # Bound on audio queued per call; a bot that floods gets drops, reported.
-    max_queue_ms: int = 120_000
+    # Bot audio held per call, in bytes (see ``AudioBudget`` for how it is
+    # counted); a play beyond it is refused whole.
+    max_call_bytes: int = 2 * 1024 * 1024
+    # Marks, hang-ups and transfers waiting in the queue.
+    max_markers: int = 256
+
+
+class AudioBudget:
+    """Bytes of bot audio held by every call of a node together (pure; the node owns one).
+
+    Bytes are counted at the call's rate after conversion, or at the bot's rate
+    while audio still waits for conversion, whichever is larger: what the
+    process really holds.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def reserve(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def release(self, n: int) -> None:
+        self.used -= n
+
+
+class _Audio:
+    """One play command's audio, converted to the call's rate piece by piece as it is
+    released: resampling a whole command at once could hold the reactor for tens of ms."""
+
+    __slots__ = ("converter", "_out", "_at", "reserved")
+
+    def __init__(self, converter: Converter, reserved: int) -> None:
+        self.converter = converter
+        self._out = b""  # converted, released from ``_at`` on
+        self._at = 0
+        self.reserved = reserved
+
+    @property
+    def pending_out(self) -> int:
+        return len(self._out) - self._at
+
+    def take(self, limit: int) -> bytes:
+        while self.pending_out < limit and not self.converter.done:
+            self._out = self._out[self._at:] + self.converter.next_piece()
+            self._at = 0
+        end = min(len(self._out), self._at + limit)
+        if self._at == 0 and end == len(self._out):
+            chunk = self._out  # the whole of it: no copy
+        else:
+            chunk = self._out[self._at:end]
+        self._at = end
+        return chunk
+
+    @property
+    def exhausted(self) -> bool:
+        return not self.pending_out and self.converter.done
 
 
 @dataclass(frozen=True)
@@ -49,95 +112,135 @@ class ReleasedMarker:
 
 Release = ReleasedAudio | ReleasedMarker
 
+QUEUE_FULL = "playout queue full"
+BUDGET_EXHAUSTED = "node playout budget exhausted"
+TOO_MANY_MARKERS = "too many marks, hang-ups or transfers queued"
+
 
 class Playout:
     """One call's queue of bot audio and markers. Pure: time comes in as ``now``."""
 
-    def __init__(self, settings: PlayoutSettings, sample_rate: int) -> None:
+    def __init__(self, settings: PlayoutSettings, sample_rate: int,
+                 budget: AudioBudget | None = None) -> None:
         self._s = settings
         self._rate = sample_rate
-        self._queue: deque[bytes | Marker] = deque()
-        self._queued_samples = 0
+        self._budget = budget or AudioBudget(settings.max_call_bytes)
+        self._queue: deque[_Audio | Marker] = deque()
+        self._held_bytes = 0
+        self._markers = 0
         self._clip_bytes = max(1, settings.clip_ms * sample_rate // 1000) * BYTES_PER_SAMPLE
-        self._max_samples = settings.max_queue_ms * sample_rate // 1000
         self._lead = settings.lead_ms / 1000
         # When everything released so far will have finished playing.
         self._play_end = 0.0
         self._released_samples = 0
 
     @property
+    def held_bytes(self) -> int:
+        """Bytes this call holds against its bound and the node's budget."""
+        return self._held_bytes
+
+    @property
     def queued_samples(self) -> int:
-        return self._queued_samples
+        """Samples at the call's rate still to be released (estimated while unconverted)."""
+        return sum(item.converter.remaining_out_bytes + item.pending_out
+                   for item in self._queue if isinstance(item, _Audio)) // BYTES_PER_SAMPLE
 
     @property
     def released_samples(self) -> int:
         return self._released_samples
 
     @property
-    def free_samples(self) -> int:
-        """How much more audio the queue takes before ``enqueue_audio`` refuses it."""
-        return self._max_samples - self._queued_samples
+    def markers(self) -> int:
+        return self._markers
 
-    def enqueue_audio(self, pcm: bytes) -> int:
-        """Queue sample-aligned PCM at the call's rate; returns samples refused (queue full)."""
-        samples = len(pcm) // BYTES_PER_SAMPLE
-        if self._queued_samples + samples > self._max_samples:
-            return samples
-        if samples:
-            self._queue.append(pcm)
-            self._queued_samples += samples
-        return 0
+    def enqueue_audio(self, pcm: bytes, rate: int | None = None) -> str | None:
+        """Queue sample-aligned PCM at ``rate`` (default: the call's); None, or why it was
+        refused whole. The size after conversion is computed from the length and the two
+        rates, before any work."""
+        rate = rate or self._rate
+        if not pcm:
+            return None
+        need = max(len(pcm), converted_bytes(len(pcm), rate, self._rate))
+        if self._held_bytes + need > self._s.max_call_bytes:
+            return QUEUE_FULL
+        if not self._budget.reserve(need):
+            return BUDGET_EXHAUSTED
+        self._queue.append(_Audio(Converter(pcm, rate, self._rate), need))
+        self._held_bytes += need
+        return None
 
-    def enqueue_marker(self, marker: Marker) -> None:
+    def enqueue_marker(self, marker: Marker) -> str | None:
+        if self._markers >= self._s.max_markers:
+            return TOO_MANY_MARKERS
         self._queue.append(marker)
+        self._markers += 1
+        return None
 
     def clear(self) -> tuple[int, list[Marker]]:
         """Drop queued audio. Returns samples dropped and the markers, now due at once."""
-        dropped = self._queued_samples
-        markers = [item for item in self._queue if not isinstance(item, bytes)]
+        dropped = self.queued_samples
+        markers = [item for item in self._queue if not isinstance(item, _Audio)]
         self._queue.clear()
-        self._queued_samples = 0
+        self._budget.release(self._held_bytes)
+        self._held_bytes = 0
+        self._markers = 0
         return dropped, markers
 
     def pump(self, now: float) -> tuple[list[Release], float | None]:
         """Release what is due at ``now``; returns it and the delay until the next release."""
         out: list[Release] = []
         q = self._queue
+        clips = 0
         while q:
             head = q[0]
-            if isinstance(head, bytes):
+            if isinstance(head, _Audio):
                 # One expression for the test and the delay: computed two ways, float
                 # rounding could say "not yet" and then "wait 0s" forever.
                 due = self._play_end - self._lead
                 if self._s.paced and now < due:
                     return out, due - now
-                out.append(self._release_audio(now))
+                if clips >= MAX_CLIPS_PER_PUMP:
+                    return out, 0.0
+                released = self._release_audio(now)
+                if released is not None:
+                    out.append(released)
+                    clips += 1
             else:
                 if self._s.paced and self._play_end > now:
                     return out, self._play_end - now
                 q.popleft()
+                self._markers -= 1
                 out.append(ReleasedMarker(head))
         return out, None
 
-    def _release_audio(self, now: float) -> ReleasedAudio:
+    def _release_audio(self, now: float) -> ReleasedAudio | None:
         q = self._queue
         limit = self._clip_bytes
         parts: list[bytes] = []
         size = 0
         # Join consecutive audio up to one clip; never across a marker.
-        while q and isinstance(q[0], bytes) and size < limit:
-            chunk = q.popleft()
-            assert isinstance(chunk, bytes)
-            room = limit - size
-            if len(chunk) > room:
-                q.appendleft(chunk[room:])
-                chunk = chunk[:room]
-            parts.append(chunk)
-            size += len(chunk)
+        while q and isinstance(q[0], _Audio) and size < limit:
+            item = q[0]
+            chunk = item.take(limit - size)
+            self._account(item, len(chunk))
+            if item.exhausted:
+                q.popleft()
+                self._account(item, item.reserved)
+            if chunk:
+                parts.append(chunk)
+                size += len(chunk)
+        if not size:
+            return None
         pcm = parts[0] if len(parts) == 1 else b"".join(parts)
         samples = size // BYTES_PER_SAMPLE
         released = ReleasedAudio(pcm, self._released_samples)
-        self._queued_samples -= samples
         self._released_samples += samples
         self._play_end = max(self._play_end, now) + samples / self._rate
         return released
+
+    def _account(self, item: _Audio, n: int) -> None:
+        """Give back ``n`` of what ``item`` reserved (never more than it holds)."""
+        n = min(n, item.reserved)
+        item.reserved -= n
+        self._held_bytes -= n
+        self._budget.release(n)
