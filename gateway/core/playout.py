@@ -25,7 +25,7 @@ BYTES_PER_SAMPLE = 2
 # Unpaced playout releases everything due at once; in one pump at most this
 # many clips (then the next pump is due at once), so one call's big queue
 # never holds the reactor.
-MAX_CLIPS_PER_PUMP = 25
+MAX_CLIPS_PER_PUMP = 10
 
 
 @dataclass(frozen=True)
