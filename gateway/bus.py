@@ -24,7 +24,7 @@ from gateway import records
 from gateway.config import NodeConfig
 from gateway.core import model as m
 from gateway.metrics import Metrics
-from gateway.outbox import Entry, Loss, Outbox
+from gateway.outbox import RECORD_OVERHEAD_BYTES, Entry, Loss, Outbox
 
 log = Logger()
 
@@ -61,7 +61,8 @@ class Bus:
         self._c = config
         self._metrics = metrics
         self._on_command = on_command
-        self.outbox = Outbox(config.buffer_bytes, config.buffer_call_share_bytes)
+        self.outbox = Outbox(config.buffer_bytes, config.buffer_call_share_bytes,
+                             RECORD_OVERHEAD_BYTES)
         self._wake = asyncio.Event()
         self._node_id = config.node_id
         self._producer: AIOKafkaProducer | None = None

@@ -12,6 +12,11 @@ Two bounds, both in bytes:
 - ``call_share`` for one call's records still queued: a call that floods
   loses its own oldest records first, never another call's.
 
+Bytes are counted as each record's value plus ``record_overhead``: a tiny
+record costs its Entry, key and queue slots too (measured 286 bytes beyond a
+68-byte value), and a flood of 2-byte frames would otherwise hold ten times
+the bound. The node uses ``RECORD_OVERHEAD_BYTES``.
+
 Pure: no Kafka here. ``gateway.bus`` drains it into the producer.
 """
 
@@ -20,6 +25,8 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+RECORD_OVERHEAD_BYTES = 320
 
 
 @dataclass(frozen=True)
@@ -56,8 +63,10 @@ class Loss:
 
 
 class Outbox:
-    def __init__(self, max_bytes: int, call_share: int | None = None) -> None:
+    def __init__(self, max_bytes: int, call_share: int | None = None,
+                 record_overhead: int = 0) -> None:
         self.max_bytes = max_bytes
+        self._overhead = record_overhead
         self.call_share = max_bytes if call_share is None else call_share
         # Oldest first. An entry dropped for its call's share stays here, dead,
         # until the drain or an eviction reaches it.
@@ -91,7 +100,7 @@ class Outbox:
     def put(self, entry: Entry) -> int:
         """Queue a record; returns how many older records were dropped to make room."""
         self._entries.append(entry)
-        size = len(entry.value)
+        size = self._size(entry)
         self._bytes += size
         dropped = 0
         cid = entry.call_id
@@ -104,7 +113,7 @@ class Outbox:
             while held > self.call_share and len(mine) > 1:
                 old = mine.popleft()
                 self._dead.add(id(old))
-                held -= len(old.value)
+                held -= self._size(old)
                 self._forget(old)
                 self.record_loss(old)
                 dropped += 1
@@ -133,19 +142,19 @@ class Outbox:
         while len(self) and len(out) < limit:
             e = self._pop_oldest()
             self._unlink(e)
-            self._in_flight_bytes += len(e.value)
+            self._in_flight_bytes += self._size(e)
             out.append(e)
         return out
 
     def count_in_flight(self, entries: Iterable[Entry]) -> None:
         """Records made outside the buffer (loss notes) handed to the producer."""
         for e in entries:
-            self._in_flight_bytes += len(e.value)
+            self._in_flight_bytes += self._size(e)
 
     def settle(self, entries: Iterable[Entry]) -> None:
         """Records taken earlier were acknowledged or lost: their bytes are free."""
         for e in entries:
-            self._in_flight_bytes -= len(e.value)
+            self._in_flight_bytes -= self._size(e)
 
     def take_losses(self) -> dict[tuple[str, str], Loss]:
         losses, self._losses = self._losses, {}
@@ -156,6 +165,9 @@ class Outbox:
         return bool(self._losses)
 
     # --- internals ---------------------------------------------------------------
+
+    def _size(self, e: Entry) -> int:
+        return len(e.value) + self._overhead
 
     def _pop_oldest(self) -> Entry:
         """The oldest live entry, removed from the order (dead ones are skipped)."""
@@ -169,12 +181,12 @@ class Outbox:
 
     def _unlink(self, e: Entry) -> None:
         """``e`` left the order: drop it from its call's queue (it is that queue's oldest)."""
-        self._bytes -= len(e.value)
+        self._bytes -= self._size(e)
         cid = e.call_id
         if cid:
             mine = self._by_call[cid]
             mine.popleft()
-            held = self._call_bytes[cid] - len(e.value)
+            held = self._call_bytes[cid] - self._size(e)
             if mine:
                 self._call_bytes[cid] = held
             else:
@@ -182,4 +194,4 @@ class Outbox:
 
     def _forget(self, e: Entry) -> None:
         """``e`` was dropped from its call's queue but stays in the order, dead."""
-        self._bytes -= len(e.value)
+        self._bytes -= self._size(e)

@@ -190,3 +190,12 @@ def test_a_flood_cannot_evict_a_quiet_call_from_a_full_buffer():
     assert box.bytes == 0
     losses = box.take_losses()
     assert losses == {("flood", IN): Loss(9980, 0, 9979, 0)}
+
+
+def test_each_record_is_charged_its_overhead_so_tiny_records_cannot_hide():
+    """With a per-record overhead, a flood of 2-byte records fills the bound by count too."""
+    box = Outbox(max_bytes=10_000, record_overhead=320)
+    for seq in range(1000):
+        box.put(_e(2, "a", seq))
+    assert len(box) == 10_000 // 322
+    assert box.bytes <= 10_000

@@ -7,6 +7,7 @@ import pytest
 from gateway.core.model import HangUp, Mark, Transfer
 from gateway.core.playout import (
     BUDGET_EXHAUSTED,
+    END_QUEUED,
     MAX_CLIPS_PER_PUMP,
     QUEUE_FULL,
     TOO_MANY_MARKERS,
@@ -336,3 +337,14 @@ def test_driving_the_returned_delays_always_makes_progress(settings, rate, start
         pytest.fail("the playout never drained")
     assert b"".join(r.pcm for r in _audio(out)) == pcm
     assert out[-1] == ReleasedMarker(Mark("end"))
+
+
+def test_only_one_hang_up_or_transfer_waits_at_a_time():
+    """The call ends at the first hang-up or transfer: a second one queued is refused."""
+    p = Playout(PlayoutSettings(), RATE)
+    p.enqueue_audio(_pcm(1000))
+    assert p.enqueue_marker(HangUp()) is None
+    assert p.enqueue_marker(Transfer((("parameter1", "default"),))) == END_QUEUED
+    assert p.enqueue_marker(Mark("still fine")) is None
+    p.clear()
+    assert p.enqueue_marker(Transfer((("parameter1", "default"),))) is None

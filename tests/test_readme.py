@@ -1,25 +1,95 @@
-"""The README's promises that code can check."""
+"""The README's promises that code can check.
+
+Generated tables sit between ``<!-- NAME: ... -->`` and ``<!-- /NAME -->``
+markers. ``python tests/test_readme.py`` rewrites them from the code.
+"""
 
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
+from gateway import limits
 from gateway.config import NODE_SETTINGS
+from gateway.core.errors import CloseCode
 from gateway.settings import markdown_table
 
-README = (Path(__file__).parent.parent / "README.md").read_text()
+ROOT = Path(__file__).parent.parent
+README_PATH = ROOT / "README.md"
+README = README_PATH.read_text()
+
+GENERATED: dict[str, Callable[[], str]] = {
+    "settings-table": lambda: markdown_table(NODE_SETTINGS),
+    "limits-table": limits.limits_table,
+    "fixed-limits-table": limits.fixed_limits_table,
+    "memory-table": limits.memory_section,
+}
+
+
+def _pattern(name: str) -> re.Pattern[str]:
+    return re.compile(rf"(<!-- {name}:.*?-->\n)(.*?)(<!-- /{name} -->)", re.S)
+
+
+def _section(name: str) -> str:
+    m = _pattern(name).search(README)
+    assert m, f"{name} markers missing from README.md"
+    return m.group(2).removesuffix("\n")
 
 
 def test_settings_table_matches_the_code() -> None:
     """The README's configuration table is exactly the one generated from the node's settings."""
-    m = re.search(r"<!-- settings-table:.*?-->\n(.*?)\n<!-- /settings-table -->", README, re.S)
-    assert m, "settings table markers missing from README.md"
-    assert m.group(1) == markdown_table(NODE_SETTINGS)
+    assert _section("settings-table") == markdown_table(NODE_SETTINGS)
+
+
+def test_limits_tables_match_the_code() -> None:
+    assert _section("limits-table") == limits.limits_table()
+    assert _section("fixed-limits-table") == limits.fixed_limits_table()
+
+
+def test_memory_tables_match_the_code() -> None:
+    assert _section("memory-table") == limits.memory_section()
+
+
+def _close_code_table() -> dict[int, str]:
+    m = re.search(r"\| close code \| meaning \|\n\s*\|---\|---\|\n((?:\s*\|.*\|\n)+)", README)
+    assert m, "close-code table missing from README.md"
+    rows = {}
+    for line in m.group(1).splitlines():
+        code, meaning = (c.strip() for c in line.strip().strip("|").split("|", 1))
+        rows[int(code)] = meaning
+    return rows
+
+
+def test_close_code_table_is_every_close_code() -> None:
+    """One table of close codes, and it lists exactly the codes the gateway sends."""
+    assert set(_close_code_table()) == {int(c) for c in CloseCode}
+    assert README.count("| close code |") == 1
+
+
+def test_every_close_code_named_in_the_limits_is_in_the_table() -> None:
+    table = _close_code_table()
+    for text in (limits.limits_table(), limits.fixed_limits_table()):
+        for code in re.findall(r"close (\d{4})", text):
+            assert int(code) in table, code
 
 
 def test_readme_names_the_two_commands() -> None:
     """The README gives the run command and the test command that CI runs."""
     assert "make dev" in README
     assert "make test" in README
-    assert "make test" in (Path(__file__).parent.parent / ".ci" / "run").read_text()
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def regenerate(text: str) -> str:
+    for name, make in GENERATED.items():
+        pattern = _pattern(name)
+        assert pattern.search(text), f"{name} markers missing"
+        text = pattern.sub(lambda m, make=make: m.group(1) + make() + "\n" + m.group(3), text)
+    return text
+
+
+if __name__ == "__main__":
+    README_PATH.write_text(regenerate(README))
+    sys.exit(0)

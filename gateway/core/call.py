@@ -23,7 +23,6 @@ from gateway.core import knowlarity as codec
 from gateway.core import model as m
 from gateway.core.commands import CommandLimits
 from gateway.core.errors import CloseCode, ProtocolError, UsageError
-from gateway.core.rate import TokenBucket
 from gateway.core.playout import (
     BYTES_PER_SAMPLE,
     AudioBudget,
@@ -32,6 +31,7 @@ from gateway.core.playout import (
     PlayoutSettings,
     ReleasedAudio,
 )
+from gateway.core.rate import TokenBucket
 
 
 class State(enum.Enum):

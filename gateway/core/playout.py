@@ -115,6 +115,7 @@ Release = ReleasedAudio | ReleasedMarker
 QUEUE_FULL = "playout queue full"
 BUDGET_EXHAUSTED = "node playout budget exhausted"
 TOO_MANY_MARKERS = "too many marks, hang-ups or transfers queued"
+END_QUEUED = "a hang-up or transfer is already queued"
 
 
 class Playout:
@@ -128,6 +129,9 @@ class Playout:
         self._queue: deque[_Audio | Marker] = deque()
         self._held_bytes = 0
         self._markers = 0
+        # A hang-up or transfer waiting: the call ends there, so a second one is
+        # refused (and a transfer's parameters are held once).
+        self._end_queued = False
         self._clip_bytes = max(1, settings.clip_ms * sample_rate // 1000) * BYTES_PER_SAMPLE
         self._lead = settings.lead_ms / 1000
         # When everything released so far will have finished playing.
@@ -170,10 +174,14 @@ class Playout:
         return None
 
     def enqueue_marker(self, marker: Marker) -> str | None:
+        ends = not isinstance(marker, Mark)
+        if ends and self._end_queued:
+            return END_QUEUED
         if self._markers >= self._s.max_markers:
             return TOO_MANY_MARKERS
         self._queue.append(marker)
         self._markers += 1
+        self._end_queued = self._end_queued or ends
         return None
 
     def clear(self) -> tuple[int, list[Marker]]:
@@ -184,6 +192,7 @@ class Playout:
         self._budget.release(self._held_bytes)
         self._held_bytes = 0
         self._markers = 0
+        self._end_queued = False
         return dropped, markers
 
     def pump(self, now: float) -> tuple[list[Release], float | None]:
@@ -210,6 +219,7 @@ class Playout:
                     return out, self._play_end - now
                 q.popleft()
                 self._markers -= 1
+                self._end_queued = self._end_queued and isinstance(head, Mark)
                 out.append(ReleasedMarker(head))
         return out, None
 
