@@ -1052,3 +1052,19 @@ def test_aggregation_flushes_on_a_zero_length_frame():
     call.on_binary(_pcm(320), T0 + 1)
     (chunk,) = _bodies(call.on_binary(b"", T0 + 1.02), m.CallerAudio)
     assert chunk.pcm == _pcm(320)
+
+
+def test_audio_behind_a_hang_up_is_reported_dropped_not_lost():
+    """Audio queued after a hang-up, released by the same pump, is counted in AUDIO_DROPPED."""
+    call = _started()
+    clock = Clock(call, T0 + 1)
+    clock.apply(call.on_command(_cmd(m.PlayAudio(_pcm(1600), 16000)), T0 + 1))
+    clock.apply(call.on_command(_cmd(m.HangUp()), T0 + 1))
+    clock.apply(call.on_command(_cmd(m.PlayAudio(_pcm(16000), 16000)), T0 + 1))
+    clock.run_until(T0 + 3)
+    sent = sum(len(f.pcm) // 2 for f in _played(clock.effects(), 16000))
+    dropped = sum(e.record.body.samples for _, e in clock.log
+                  if isinstance(e, m.Publish) and isinstance(e.record.body, m.PlaybackEvent)
+                  and e.record.body.kind is m.PlaybackKind.AUDIO_DROPPED)
+    assert sent + dropped == 1600 + 16000
+    assert sent == 1600

@@ -225,7 +225,7 @@ class Call:
             return self._cancel_all() + [
                 m.CloseSocket(CloseCode.START_TIMEOUT, "no start message in time")
             ]
-        if name == IDLE_TIMER:
+        if name == IDLE_TIMER and self.state is not State.AWAITING_START:
             idle_for = now - self._last_frame_at
             if idle_for < self._s.idle_timeout_s:
                 return [m.SetTimer(IDLE_TIMER, self._s.idle_timeout_s - idle_for)]
@@ -355,7 +355,7 @@ class Call:
             return []
         released, wake = self._playout.pump(now)
         effects: list[m.Effect] = []
-        for item in released:
+        for i, item in enumerate(released):
             if isinstance(item, ReleasedAudio):
                 effects.append(m.SendText(codec.encode_play_audio(
                     item.pcm, self.sample_rate, self._s.content_type)))
@@ -364,6 +364,11 @@ class Call:
             else:
                 effects += self._release_marker(item.marker, now)
                 if self.state is not State.ACTIVE:
+                    # Audio released behind the hang-up or transfer is never sent.
+                    unsent = sum(len(r.pcm) for r in released[i + 1:]
+                                 if isinstance(r, ReleasedAudio)) // BYTES_PER_SAMPLE
+                    if unsent:
+                        effects.append(self._dropped(now, unsent, "call is ending"))
                     return effects
         if wake is not None:
             effects.append(m.SetTimer(PLAYOUT_TIMER, max(0.0, wake)))

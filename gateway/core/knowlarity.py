@@ -78,6 +78,7 @@ SAMPLE_RATES = frozenset({8000, 16000, 24000, 32000, 44100, 48000})
 
 _BOM = "\ufeff"
 _MAX_NESTING = 3
+_MAX_LITERAL_INT = 10**30
 _EXCERPT_CHARS = 60
 _ALIASES = (("uuid", "callid"), ("from", "customer_number"), ("to", "virtual_number"))
 _DISCONNECT = "asr_disconnect=true"
@@ -120,6 +121,7 @@ def parse_start(text: str, *, fallback_call_id: str, default_sample_rate: int = 
     if had_bom:
         suffixes.append("+bom")
     meta = metadata if isinstance(metadata, dict) else {}
+    _check_carriable(fields)
 
     call_id = check_call_id(
         _text(_aliased(fields, "uuid", "callid"), "uuid") or fallback_call_id)
@@ -189,6 +191,7 @@ def _from_python_literal(text: str, json_error: Exception) -> dict[str, object]:
         # literal_eval warns (to stderr) about odd tokens such as "1st"; the error suffices.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", SyntaxWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)  # invalid escapes, 3.11
             value = ast.literal_eval(text)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         # The JSON error is the more useful one: most senders meant JSON.
@@ -210,6 +213,9 @@ def _jsonable(value: object) -> object:
     """Turn a Python literal into what ``json.loads`` would have produced."""
     if isinstance(value, float) and not math.isfinite(value):
         raise ProtocolError("Python-literal start message holds an infinite number")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_LITERAL_INT:
+        # 0xfff... of thousands of digits: str() of it raises ValueError later.
+        raise ProtocolError("Python-literal start message holds a number too large to carry")
     if value is None or isinstance(value, str | bool | int | float):
         return value
     if isinstance(value, list | tuple):
@@ -281,6 +287,16 @@ def _json_object(text: str) -> dict[str, object] | None:
     except (ValueError, RecursionError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def _check_carriable(fields: dict[str, object]) -> None:
+    """Every field must survive the trip to a protobuf record: JSON's escapes can spell
+    lone surrogates (not Unicode) and huge integers that no encoder takes."""
+    try:
+        json.dumps(fields, ensure_ascii=False, default=str).encode("utf-8")
+    except (UnicodeEncodeError, ValueError):
+        raise ProtocolError("start message holds text or numbers the gateway cannot carry "
+                            "(a lone surrogate escape, or a number too large)") from None
 
 
 def check_call_id(call_id: str) -> str:
