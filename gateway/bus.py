@@ -31,6 +31,9 @@ log = Logger()
 # Records moved from the outbox into aiokafka per wake-up. They stay in the
 # outbox's byte accounting (as in flight) until acknowledged or lost.
 _TAKE = 2000
+# Commands handled per turn of the event loop (about 40 us each), so that a
+# burst of commands never holds the reactor for more than a few milliseconds.
+_COMMANDS_PER_TURN = 50
 # aiokafka's batch size: larger batches, fewer requests and futures.
 _BATCH_BYTES = 256 * 1024
 
@@ -282,7 +285,7 @@ class Bus:
         assert consumer is not None
         while True:
             try:
-                batches = await consumer.getmany(timeout_ms=1000, max_records=500)
+                batches = await consumer.getmany(timeout_ms=1000, max_records=_COMMANDS_PER_TURN)
             except KafkaError as e:
                 log.error("command consumer: {err!r}; retrying", err=e)
                 await asyncio.sleep(1)
@@ -291,6 +294,10 @@ class Bus:
             for msgs in batches.values():
                 for msg in msgs:
                     self._dispatch(msg.value, now)
+            # getmany returns records already fetched without yielding to the loop:
+            # a bot's burst of thousands of commands would otherwise hold every
+            # call's audio for as long as it takes to handle them all.
+            await asyncio.sleep(0)
 
     def _dispatch(self, value: bytes | None, now: float) -> None:
         try:
