@@ -13,6 +13,8 @@ import asyncio
 import functools
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -21,6 +23,7 @@ from aiokafka.partitioner import murmur2
 from twisted.logger import Logger
 
 from gateway import records
+from gateway.clock import wall_offset
 from gateway.config import NodeConfig
 from gateway.core import model as m
 from gateway.metrics import Metrics
@@ -54,14 +57,22 @@ async def ensure_topics(bootstrap: str, specs: list[tuple[str, int, int]]) -> No
         await admin.close()
 
 
+class _WallClock:
+    def seconds(self) -> float:
+        return time.time()
+
+
 class Bus:
     def __init__(
         self,
         config: NodeConfig,
         metrics: Metrics,
         on_command: Callable[[m.Command], None],
+        clock: Any = None,
     ) -> None:
         self._c = config
+        # The node's clock (monotonic in a running node); None: the wall clock.
+        self._clock = clock or _WallClock()
         self._metrics = metrics
         self._on_command = on_command
         self.outbox = Outbox(config.buffer_bytes, config.buffer_call_share_bytes,
@@ -147,7 +158,7 @@ class Bus:
     def publish(self, rec: m.Inbound) -> None:
         topic = self._c.inbound_topic
         key = rec.call_id.encode()
-        value = records.encode_inbound(rec, self._node_id)
+        value = records.encode_inbound(rec, self._node_id, wall_offset(self._clock))
         self._put(Entry(topic, key, value, rec.call_id, rec.record_seq,
                         isinstance(rec.body, m.CallerAudio), self._partition(topic, key)))
         if isinstance(rec.body, m.CallEnded):
@@ -158,7 +169,7 @@ class Bus:
     def publish_outbound(self, rec: m.Outbound) -> None:
         topic = self._c.outbound_topic
         key = rec.call_id.encode()
-        value = records.encode_outbound(rec, self._node_id)
+        value = records.encode_outbound(rec, self._node_id, wall_offset(self._clock))
         self._put(Entry(topic, key, value, rec.call_id, is_audio=isinstance(rec.body, m.AudioSent),
                         partition=self._partition(topic, key)))
 
@@ -192,7 +203,7 @@ class Bus:
         """The record that takes the lost ones' place, on the topic they were meant for."""
         log.warn("call {call_id}: {records} records to {topic} lost before reaching Kafka",
                  call_id=call_id, records=loss.records, topic=topic)
-        now = time.time()
+        now = time.time()  # a wall-clock time already: no offset below
         if topic == self._c.inbound_topic:
             value = records.encode_inbound(m.Inbound(
                 call_id, loss.last_record_seq, now,
@@ -307,7 +318,15 @@ class Bus:
             log.warn("dropping command: {err}", err=e)
             return
         if cmd.sent_at:
-            self._metrics.command_lag.observe(max(0.0, now - cmd.sent_at))
+            age = now - cmd.sent_at
+            self._metrics.command_lag.observe(max(0.0, age))
+            limit = self._c.max_command_age_s
+            if limit and age > limit and not isinstance(cmd.body, m.Refused):
+                # After an outage a bot's backlog arrives at once; playing it now
+                # would answer what the caller said long ago.
+                self._metrics.commands_stale.inc()
+                cmd = replace(cmd, body=m.Refused(
+                    f"stale: sent {age:.1f}s ago, more than --max-command-age-s {limit:g}"))
         try:
             self._on_command(cmd)
         except Exception:

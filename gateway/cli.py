@@ -27,12 +27,13 @@ def _serve(args: argparse.Namespace) -> int:
     from twisted.logger import Logger
 
     from gateway.bridge import as_deferred
+    from gateway.clock import LoopClock
     from gateway.logs import start_logging
     from gateway.node import Node
 
     start_logging(args.log_format, args.log_level)
     log = Logger()
-    node = Node(config, reactor)
+    node = Node(config, reactor, clock=LoopClock(asyncio.get_event_loop()))
     status = {"code": 0}
 
     def failed(f: object) -> None:

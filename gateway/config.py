@@ -154,6 +154,15 @@ NODE_SETTINGS: tuple[Setting, ...] = (
             "partitions when the node creates the inbound/outbound topics", positive(int)),
     Setting("replication_factor", "KGW_REPLICATION_FACTOR", "1",
             "replication factor when the node creates topics", positive(int)),
+    Setting("max_command_age_s", "KGW_MAX_COMMAND_AGE_S", "30",
+            "commands sent longer ago than this (by their sent_unix_us) are rejected, not played "
+            "late (0: no limit)", non_negative(_finite)),
+    Setting("lease_s", "KGW_LEASE_S", "10",
+            "node lease on the nodes topic: heartbeats every third of it; a node silent this "
+            "long (plus the margin) has its calls ended NODE_LOST by a peer", positive(_finite)),
+    Setting("lease_margin_s", "KGW_LEASE_MARGIN_S", "5",
+            "extra time past an expired lease before a peer ends the node's calls",
+            non_negative(_finite)),
     Setting("drain_timeout_s", "KGW_DRAIN_TIMEOUT_S", "30",
             "on shutdown, how long live calls may go on before they are ended",
             non_negative(_finite)),
@@ -182,6 +191,9 @@ class NodeConfig:
     linger_ms: int = 5
     inbound_partitions: int = 12
     replication_factor: int = 1
+    max_command_age_s: float = 30.0
+    lease_s: float = 10.0
+    lease_margin_s: float = 5.0
     drain_timeout_s: float = 30.0
     call: CallSettings = field(default_factory=CallSettings)
 
@@ -196,6 +208,10 @@ class NodeConfig:
     @property
     def commands_topic(self) -> str:
         return topics.commands_topic(self.topic_prefix, self.node_id)
+
+    @property
+    def nodes_topic(self) -> str:
+        return topics.nodes_topic(self.topic_prefix)
 
     @property
     def allowed_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:

@@ -289,6 +289,11 @@ LIMITS: tuple[Limit, ...] = (
     Limit("max_transfer_params",
           "command_rejected",
           "the documented transfer carries one parameter (parameter1=default); 16 is plenty"),
+    Limit("max_command_age_s",
+          "command_rejected (stale), counted in kgw_commands_stale",
+          "bots answer within a second; 30 s covers clock skew between hosts and a short "
+          "broker hiccup, while a backlog after a long outage is not played to a caller "
+          "who has moved on"),
     Limit("buffer_bytes",
           "oldest records dropped, counted (kgw_records_dropped) and reported as a dropped "
           "record per call",

@@ -52,4 +52,8 @@ class Metrics:
             "kgw_sockets_not_reading",
             "provider sockets closed because they stopped reading (write buffer over its bound)",
             registry=r)
+        self.commands_stale = Counter(
+            "kgw_commands_stale",
+            "commands rejected because they were sent longer ago than --max-command-age-s",
+            registry=r)
         self.kafka_up = Gauge("kgw_kafka_up", "1 while the producer is delivering", registry=r)

@@ -29,17 +29,21 @@ log = Logger()
 
 
 class Node:
-    def __init__(self, config: NodeConfig, reactor: Any, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: NodeConfig, reactor: Any, metrics: Metrics | None = None,
+                 clock: Any = None) -> None:
         self.config = config
         self.reactor = reactor
-        self.clock = reactor
+        # Timeouts, flood checks and playout pacing run on this clock: monotonic
+        # in a running node (gateway.clock.LoopClock), so a wall-clock step ends
+        # no call. Default: the reactor's own.
+        self.clock = clock or reactor
         self.metrics = metrics or Metrics()
         self.registry: Registry[ProviderProtocol] = Registry()
         self.sockets: set[ProviderProtocol] = set()
         self.accepting = False
         # Bot audio held by all calls together (--playout-node-bytes).
         self.audio_budget = AudioBudget(config.playout_node_bytes)
-        self.bus = Bus(config, self.metrics, self._on_command)
+        self.bus = Bus(config, self.metrics, self._on_command, self.clock)
         self.factory = ProviderFactory(self)
         self._port: IListeningPort | None = None
         self._status_port: IListeningPort | None = None

@@ -1,7 +1,9 @@
 """Translation between core values and the protobuf records on the bus.
 
 The only module that imports generated ``*_pb2`` code. Times cross as
-microseconds since the epoch.
+microseconds since the epoch: the core's times come from the node's clock,
+which is monotonic in a running node, so encoders take ``wall_offset``, the
+wall clock minus that clock at the moment of encoding.
 """
 
 from __future__ import annotations
@@ -39,16 +41,18 @@ def seconds(t_us: int) -> float:
 # --- inbound -----------------------------------------------------------------
 
 
-def inbound_to_proto(rec: m.Inbound, node_id: str) -> inbound_pb2.InboundRecord:
+def inbound_to_proto(rec: m.Inbound, node_id: str,
+                     wall_offset: float = 0.0) -> inbound_pb2.InboundRecord:
     out = inbound_pb2.InboundRecord(
-        call_id=rec.call_id, node_id=node_id, time_unix_us=us(rec.at), record_seq=rec.record_seq
+        call_id=rec.call_id, node_id=node_id, time_unix_us=us(rec.at + wall_offset),
+        record_seq=rec.record_seq,
     )
     body = rec.body
     if isinstance(body, m.CallerAudio):
         a = out.audio
         a.seq = body.seq
         a.media_position_samples = body.media_position_samples
-        a.received_unix_us = us(body.received_at)
+        a.received_unix_us = us(body.received_at + wall_offset)
         a.pcm = body.pcm
         a.sample_rate = body.sample_rate
     elif isinstance(body, m.CallStarted):
@@ -67,7 +71,7 @@ def inbound_to_proto(rec: m.Inbound, node_id: str) -> inbound_pb2.InboundRecord:
         ))
     elif isinstance(body, m.ProviderEvent):
         out.provider_event.text = body.text
-        out.provider_event.received_unix_us = us(body.received_at)
+        out.provider_event.received_unix_us = us(body.received_at + wall_offset)
     elif isinstance(body, m.PlaybackEvent):
         out.playback.CopyFrom(inbound_pb2.PlaybackEvent(
             kind=_PLAYBACK[body.kind], mark_name=body.mark_name,
@@ -93,8 +97,8 @@ def inbound_to_proto(rec: m.Inbound, node_id: str) -> inbound_pb2.InboundRecord:
     return out
 
 
-def encode_inbound(rec: m.Inbound, node_id: str) -> bytes:
-    return inbound_to_proto(rec, node_id).SerializeToString()
+def encode_inbound(rec: m.Inbound, node_id: str, wall_offset: float = 0.0) -> bytes:
+    return inbound_to_proto(rec, node_id, wall_offset).SerializeToString()
 
 
 def decode_inbound(data: bytes) -> inbound_pb2.InboundRecord:
@@ -192,9 +196,9 @@ def decode_command(data: bytes, limits: CommandLimits | None = None) -> m.Comman
 # --- outbound audit ------------------------------------------------------------
 
 
-def encode_outbound(rec: m.Outbound, node_id: str) -> bytes:
+def encode_outbound(rec: m.Outbound, node_id: str, wall_offset: float = 0.0) -> bytes:
     out = outbound_pb2.OutboundRecord(call_id=rec.call_id, node_id=node_id,
-                                      sent_unix_us=us(rec.at))
+                                      sent_unix_us=us(rec.at + wall_offset))
     body = rec.body
     if isinstance(body, m.AudioSent):
         out.audio.pcm = body.pcm

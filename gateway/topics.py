@@ -27,3 +27,8 @@ def outbound_topic(prefix: str) -> str:
 def commands_topic(prefix: str, node_id: str) -> str:
     """One node's own commands topic: the reply address in CallStarted."""
     return f"{prefix}.calls.commands.{node_id}"
+
+
+def nodes_topic(prefix: str) -> str:
+    """Compacted, one partition: each node's lease (heartbeat, epoch, the calls it holds)."""
+    return f"{prefix}.nodes"
