@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -66,3 +70,40 @@ def test_broker_round_trips_a_record_and_its_process_is_gone_after_stop() -> Non
     else:
         raise AssertionError(f"broker pid {pid} still exists after stop()")
     assert not kafka.data_dir.exists()
+
+
+def _gone(pid: int) -> bool:
+    """Whether `pid` has exited: no such process, or a zombie its new parent (init) will reap."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.broker
+def test_cli_starts_a_three_broker_cluster_and_stop_ends_every_jvm(tmp_path: Path) -> None:
+    """`start --brokers 3` leaves three broker JVMs running; `stop` on its dir ends them all."""
+    data_dir = tmp_path / "kafka"
+    cli = [sys.executable, "-m", "gateway.localkafka"]
+    started = subprocess.run(
+        [*cli, "start", "--brokers", "3", "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=120,
+    )
+    pids = [int(f.read_text()) for f in sorted(data_dir.glob("broker-*/kafka.pid"))]
+    try:
+        assert started.returncode == 0, started.stderr
+        bootstrap = started.stdout.strip().removeprefix("kafka: ")
+        assert len(bootstrap.split(",")) == 3
+        assert all(a.startswith("127.0.0.1:") for a in bootstrap.split(","))
+        assert len(pids) == 3 and not any(map(_gone, pids))
+    finally:
+        stopped = subprocess.run(
+            [*cli, "stop", "--data-dir", str(data_dir)], capture_output=True, text=True,
+            timeout=60,
+        )
+    assert stopped.returncode == 0, stopped.stderr
+    deadline = time.monotonic() + 5
+    while not all(map(_gone, pids)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert all(map(_gone, pids)), f"broker pids {pids} outlived `stop`"
+    assert not list(data_dir.glob("broker-*/kafka.pid"))

@@ -7,14 +7,19 @@ A single-node KRaft broker (broker and controller in one JVM), listening only on
     with LocalKafka() as kafka:
         use(kafka.bootstrap)            # "127.0.0.1:PORT"
 
-Command line: ``python -m gateway.localkafka {fetch,start,stop,run}``.
+For fault tests, ``LocalKafkaCluster`` (gateway/localkafka/cluster.py) runs three
+such nodes as one cluster, whose brokers can be killed and restarted.
+
+Command line: ``python -m gateway.localkafka {fetch,start,stop,run} [--brokers 3]``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -24,10 +29,20 @@ import tempfile
 import time
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Coroutine
 from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar
 
-__all__ = ["KAFKA_VERSION", "LocalKafka", "LocalKafkaError", "fetch", "jars_dir"]
+__all__ = [
+    "KAFKA_VERSION",
+    "LocalKafka",
+    "LocalKafkaCluster",
+    "LocalKafkaError",
+    "PartitionState",
+    "fetch",
+    "jars_dir",
+]
 
 _HERE = Path(__file__).resolve().parent
 _POM = _HERE / "pom.xml"
@@ -52,6 +67,8 @@ _FAST_START_FLAGS = ("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
 # For benchmarks: a broker that stays up long enough for C2 to pay off, and
 # does not stall requests on a single-threaded collector.
 _STEADY_FLAGS = ("-XX:+UseParallelGC",)
+
+_T = TypeVar("_T")
 
 
 def _pom_property(name: str) -> str:
@@ -202,16 +219,51 @@ def _runs_from(pid: int, data_dir: Path) -> bool:
     return str(data_dir / _PROPS_FILE).encode() in cmdline and _alive(pid)
 
 
-def _metadata_ok(bootstrap: str, timeout: float) -> bool:
-    """Whether the broker answers a Metadata request listing itself (an open port is not enough)."""
-    try:
-        host, port = bootstrap.rsplit(":", 1)
-        socket.create_connection((host, int(port)), timeout=timeout).close()
-    except OSError:
-        return False  # cheap check first, so aiokafka is only asked once something listens
+def _java_cmd(
+    java: str, libs: Path, xms_mb: int, xmx_mb: int, flags: tuple[str, ...], logs_dir: Path,
+    *args: str,
+) -> list[str]:
+    """The command line of one of the broker's JVMs (the broker itself or its StorageTool)."""
+    return [
+        java,
+        f"-Xms{xms_mb}m",
+        f"-Xmx{xmx_mb}m",
+        *flags,
+        f"-Dlog4j2.configurationFile={_LOG4J_CONFIG}",
+        f"-Dkafka.logs.dir={logs_dir}",
+        "-cp",
+        f"{libs}/*",
+        *args,
+    ]
 
-    import asyncio
-    import logging
+
+def _run_sync(coro: Coroutine[Any, Any, _T]) -> _T:
+    """Run `coro` to completion from sync code, even if this thread already runs an event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    # Called from async code (say an async fixture): asyncio.run needs a thread without a loop.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _metadata_ok(bootstrap: str, timeout: float, brokers: int = 1) -> bool:
+    """Whether Metadata lists at least `brokers` brokers (an open port is not enough).
+
+    `bootstrap` may name several "host:port"s, comma-separated.
+    """
+    for address in bootstrap.split(","):
+        try:
+            host, port = address.rsplit(":", 1)
+            socket.create_connection((host, int(port)), timeout=timeout).close()
+            break
+        except OSError:
+            pass
+    else:
+        return False  # cheap check first, so aiokafka is only asked once something listens
 
     from aiokafka import AIOKafkaClient
 
@@ -219,7 +271,7 @@ def _metadata_ok(bootstrap: str, timeout: float) -> bool:
         client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
         try:
             await client.bootstrap()
-            return bool(client.cluster.brokers())
+            return len(client.cluster.brokers()) >= brokers
         except Exception:
             return False
         finally:
@@ -230,15 +282,7 @@ def _metadata_ok(bootstrap: str, timeout: float) -> bool:
     level = logger.level
     logger.setLevel(logging.CRITICAL)
     try:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(probe())
-        # Called from async code (say an async fixture): asyncio.run needs a thread without a loop.
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(1) as pool:
-            return pool.submit(asyncio.run, probe()).result()
+        return _run_sync(probe())
     finally:
         logger.setLevel(level)
 
@@ -289,17 +333,9 @@ class LocalKafka:
         return pid is not None and _runs_from(pid, self.data_dir)
 
     def _java(self, java: str, libs: Path, *args: str) -> list[str]:
-        return [
-            java,
-            f"-Xms{self.heap_mb}m",
-            f"-Xmx{self.heap_mb}m",
-            *self._jvm_flags,
-            f"-Dlog4j2.configurationFile={_LOG4J_CONFIG}",
-            f"-Dkafka.logs.dir={self.data_dir}",
-            "-cp",
-            f"{libs}/*",
-            *args,
-        ]
+        return _java_cmd(
+            java, libs, self.heap_mb, self.heap_mb, self._jvm_flags, self.data_dir, *args
+        )
 
     def _write_properties(self, port: int, controller_port: int) -> Path:
         storage = self.data_dir / _STORAGE_DIR
@@ -435,3 +471,7 @@ class LocalKafka:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+# At the end: cluster.py builds on the helpers above.
+from .cluster import LocalKafkaCluster, PartitionState  # noqa: E402

@@ -1,4 +1,6 @@
-"""python -m gateway.localkafka {fetch,start,stop,run}: the local Kafka broker from a shell."""
+"""python -m gateway.localkafka {fetch,start,stop,run}: the local Kafka broker from a shell.
+
+`start` and `run` take --brokers N for an N-node cluster (LocalKafkaCluster) instead."""
 
 from __future__ import annotations
 
@@ -8,7 +10,29 @@ import sys
 import time
 from pathlib import Path
 
-from . import LocalKafka, LocalKafkaError, fetch
+from . import LocalKafka, LocalKafkaCluster, LocalKafkaError, fetch
+from .cluster import CLUSTER_FILE
+
+_HEAP_MB = 512  # LocalKafka's; a cluster node defaults to LocalKafkaCluster's
+
+
+def _kafka(args: argparse.Namespace) -> LocalKafka | LocalKafkaCluster:
+    """The single broker, or with --brokers N > 1 the cluster, that start/run asks for."""
+    if args.brokers < 1:
+        raise LocalKafkaError("--brokers must be at least 1")
+    if args.brokers == 1:
+        return LocalKafka(args.data_dir, args.port, args.heap_mb or _HEAP_MB)
+    if args.port is not None:
+        raise LocalKafkaError("--port is for a single broker; a cluster picks free ports")
+    if args.heap_mb:
+        return LocalKafkaCluster(args.brokers, args.data_dir, args.heap_mb)
+    return LocalKafkaCluster(args.brokers, args.data_dir)
+
+
+def _running(kafka: LocalKafka | LocalKafkaCluster) -> bool:
+    if isinstance(kafka, LocalKafka):
+        return kafka.running
+    return all(kafka.running(i) for i in range(kafka.brokers))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +48,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--data-dir", type=Path, help="default: a temporary dir, removed on exit")
     for cmd in (start, run):
         cmd.add_argument("--port", type=int, help="broker port; another free one if unset or taken")
-        cmd.add_argument("--heap-mb", type=int, default=512)
+        cmd.add_argument(
+            "--brokers", type=int, default=1, help="N > 1: an N-broker KRaft cluster (default 1)"
+        )
+        cmd.add_argument(
+            "--heap-mb", type=int, help=f"per broker; default {_HEAP_MB}, in a cluster 128"
+        )
         cmd.add_argument(
             "--timeout", type=float, default=90.0, help="seconds to wait for the broker"
         )
@@ -34,18 +63,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "fetch":
             print(fetch(quiet=not args.verbose))
         elif args.command == "start":
-            kafka = LocalKafka(args.data_dir, args.port, args.heap_mb)
+            kafka = _kafka(args)
             print(f"kafka: {kafka.start(args.timeout)}", flush=True)
             # The broker has its own session and outlives us; `stop` finds it by its pid file.
         elif args.command == "stop":
-            LocalKafka(args.data_dir).stop()
+            if (args.data_dir / CLUSTER_FILE).exists():
+                LocalKafkaCluster(data_dir=args.data_dir).stop()
+            else:
+                LocalKafka(args.data_dir).stop()
         else:
             # SystemExit unwinds through the finally below, which stops the broker.
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-            kafka = LocalKafka(args.data_dir, args.port, args.heap_mb)
+            kafka = _kafka(args)
             try:
                 print(f"kafka: {kafka.start(args.timeout)}", flush=True)
-                while kafka.running:
+                while _running(kafka):
                     time.sleep(0.5)
                 print("localkafka: the broker exited on its own", file=sys.stderr)
                 return 1
