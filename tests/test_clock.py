@@ -1,4 +1,4 @@
-"""The node's clock is monotonic; records still carry wall-clock times; stale commands are refused."""
+"""The node clock is monotonic, records keep wall-clock times, stale commands are refused."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from gateway.clock import LoopClock, wall_offset
 from gateway.config import NodeConfig
 from gateway.core import model as m
 from gateway.metrics import Metrics
-
 
 T = TypeVar("T")
 

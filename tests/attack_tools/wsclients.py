@@ -157,6 +157,7 @@ async def probe(url: str, call_id: str, seconds: float) -> dict[str, object]:
     t0 = loop.time()
     late_max = 0.0
     sent = 0
+    sent_unix_us: list[int] = []
     for i in range(n):
         due = t0 + i * 0.02
         wait = due - loop.time()
@@ -165,6 +166,7 @@ async def probe(url: str, call_id: str, seconds: float) -> dict[str, object]:
         late_max = max(late_max, loop.time() - due)
         if ws.closed.is_set():
             break
+        sent_unix_us.append(round(time.time() * 1e6))
         ws.send_raw(frame(OP_BINARY, pcm))
         sent += 1
     await asyncio.wait_for(ws.writer.drain(), 5)
@@ -172,6 +174,7 @@ async def probe(url: str, call_id: str, seconds: float) -> dict[str, object]:
     await ws.close(1000)
     return {"call_id": call_id, "frames_sent": sent, "frames_planned": n,
             "max_send_lateness_ms": round(late_max * 1000, 2),
+            "sent_unix_us": sent_unix_us,
             "server_closed_first": server_closed_first, "close_code": ws.close_code,
             "text_frames_received": ws.text_frames}
 
