@@ -9,11 +9,13 @@ wall clock minus that clock at the moment of encoding.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
+from gateway import lease
 from gateway.core import commands
 from gateway.core import model as m
 from gateway.core.commands import CommandLimits
-from gateway.proto.knowlarity.gateway.v1 import command_pb2, inbound_pb2, outbound_pb2
+from gateway.proto.knowlarity.gateway.v1 import command_pb2, inbound_pb2, nodes_pb2, outbound_pb2
 
 _END_REASON = {r: inbound_pb2.EndReason.Value("END_REASON_" + r.name) for r in m.EndReason}
 _END_REASON_BACK = {v: k for k, v in _END_REASON.items()}
@@ -220,3 +222,57 @@ def decode_outbound(data: bytes) -> outbound_pb2.OutboundRecord:
     except Exception as e:
         raise BadRecord(f"undecodable outbound record: {e}") from e
     return rec
+
+
+# --- node leases (<prefix>.nodes; see gateway.lease) -----------------------------
+
+
+def _held_to_proto(calls: tuple[lease.HeldCall, ...]) -> list[nodes_pb2.HeldCall]:
+    return [nodes_pb2.HeldCall(call_id=c.call_id, started_unix_us=c.started_unix_us,
+                               ending=c.ending) for c in calls]
+
+
+def _held_back(calls: Iterable[nodes_pb2.HeldCall]) -> tuple[lease.HeldCall, ...]:
+    return tuple(lease.HeldCall(c.call_id, c.started_unix_us, c.ending) for c in calls)
+
+
+def encode_node_record(rec: lease.NodeRecord) -> bytes:
+    out = nodes_pb2.NodeRecord()
+    if isinstance(rec, lease.Lease):
+        out.lease.CopyFrom(nodes_pb2.Lease(
+            node_id=rec.node_id, epoch=rec.epoch, seq=rec.seq, time_unix_us=rec.time_unix_us,
+            lease_ms=rec.lease_ms, calls=_held_to_proto(rec.calls), closed=rec.closed))
+    elif isinstance(rec, lease.Claim):
+        out.claim.CopyFrom(nodes_pb2.Claim(
+            node_id=rec.node_id, epoch=rec.epoch, claimer_id=rec.claimer_id,
+            claimer_epoch=rec.claimer_epoch, calls=_held_to_proto(rec.calls),
+            time_unix_us=rec.time_unix_us))
+    else:
+        out.settled.CopyFrom(nodes_pb2.Settled(
+            node_id=rec.node_id, epoch=rec.epoch, claimer_id=rec.claimer_id,
+            claimer_epoch=rec.claimer_epoch, ended_call_ids=list(rec.ended_call_ids),
+            time_unix_us=rec.time_unix_us))
+    return out.SerializeToString()
+
+
+def decode_node_record(data: bytes) -> lease.NodeRecord:
+    """Raises BadRecord for an undecodable record or one with no known body."""
+    pb = nodes_pb2.NodeRecord()
+    try:
+        pb.ParseFromString(data)
+    except Exception as e:
+        raise BadRecord(f"undecodable node record: {e}") from e
+    kind = pb.WhichOneof("body")
+    if kind == "lease":
+        x = pb.lease
+        return lease.Lease(x.node_id, x.epoch, x.seq, x.time_unix_us, x.lease_ms,
+                           _held_back(x.calls), x.closed)
+    if kind == "claim":
+        c = pb.claim
+        return lease.Claim(c.node_id, c.epoch, c.claimer_id, c.claimer_epoch,
+                           _held_back(c.calls), c.time_unix_us)
+    if kind == "settled":
+        s = pb.settled
+        return lease.Settled(s.node_id, s.epoch, s.claimer_id, s.claimer_epoch,
+                             tuple(s.ended_call_ids), s.time_unix_us)
+    raise BadRecord(f"node record with no known body ({kind!r})")

@@ -108,7 +108,7 @@ def test_playback_events_keep_kind_mark_samples_and_detail(kind, number):
         (m.EndReason.TRANSFERRED, 3), (m.EndReason.ENDING_TIMEOUT, 5),
         (m.EndReason.PROTOCOL_ERROR, 6), (m.EndReason.NODE_SHUTDOWN, 7),
         (m.EndReason.REPLACED, 8), (m.EndReason.CONNECTION_LOST, 9),
-        (m.EndReason.IDLE_TIMEOUT, 10),
+        (m.EndReason.IDLE_TIMEOUT, 10), (m.EndReason.NODE_LOST, 11),
     ],
 )
 def test_call_ended_keeps_reason_and_totals(reason, number):
@@ -123,7 +123,7 @@ def test_call_ended_keeps_reason_and_totals(reason, number):
 
 def test_every_end_reason_is_covered():
     """The end-reason table above names every reason the core has."""
-    assert len(m.EndReason) == 9
+    assert len(m.EndReason) == 10
 
 
 def test_records_dropped_keeps_the_gap():

@@ -51,6 +51,7 @@ class EndReason(enum.Enum):
     REPLACED = "replaced"
     CONNECTION_LOST = "connection_lost"
     IDLE_TIMEOUT = "idle_timeout"
+    NODE_LOST = "node_lost"
 
 
 class PlaybackKind(enum.Enum):

@@ -31,6 +31,7 @@ class EndReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     END_REASON_REPLACED: _ClassVar[EndReason]
     END_REASON_CONNECTION_LOST: _ClassVar[EndReason]
     END_REASON_IDLE_TIMEOUT: _ClassVar[EndReason]
+    END_REASON_NODE_LOST: _ClassVar[EndReason]
 CALL_DIRECTION_UNSPECIFIED: CallDirection
 CALL_DIRECTION_INBOUND: CallDirection
 CALL_DIRECTION_OUTBOUND: CallDirection
@@ -48,6 +49,7 @@ END_REASON_NODE_SHUTDOWN: EndReason
 END_REASON_REPLACED: EndReason
 END_REASON_CONNECTION_LOST: EndReason
 END_REASON_IDLE_TIMEOUT: EndReason
+END_REASON_NODE_LOST: EndReason
 
 class InboundRecord(_message.Message):
     __slots__ = ("call_id", "node_id", "time_unix_us", "record_seq", "started", "audio", "provider_event", "playback", "ended", "dropped", "command_rejected")
