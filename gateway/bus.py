@@ -1,24 +1,45 @@
 """The node's Kafka side: one producer, one consumer of this node's commands.
 
 Publishing never blocks and never raises: records go into the bounded
-``Outbox`` and one asyncio task moves them into aiokafka. aiokafka's own
-``send`` "queues" a record; "acknowledged" comes later through its future.
-Both failure points are accounted: a record dropped from the outbox, or
-one whose delivery failed, is reported on the bus as RecordsDropped.
+``Outbox``, one queue per topic partition, and one sender task per partition
+moves them into aiokafka, so a partition whose leader is away holds up no
+other. aiokafka's ``send_batch`` "queues" a batch; "acknowledged" comes later
+through its future.
+
+No duplicates, no reordering, no false losses. The producer is idempotent
+(``acks=all``): a batch aiokafka has *sent* is retried by aiokafka itself
+with its producer id and sequence numbers until the broker takes it, so a
+retry can never write it twice. A batch that is never sent (no leader until
+the request timeout) fails with a timeout or not-leader error; those records
+were not written, so they go back to the front of their partition's queue
+and are sent again, in order. Each partition has one batch in aiokafka at a
+time, so a batch that comes back never has a later one overtake it. Only a
+record the broker refuses outright is lost; it, and every record the outbox
+dropped to stay in its bounds, is reported on the bus as RecordsDropped
+(loss notes are retried until delivered).
+
+Every long-running task is supervised: an unexpected exception is logged and
+the task restarted; a task that keeps failing calls ``on_fatal``, and the
+node stops being ready, ends its calls and exits non-zero.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    KafkaError,
+    KafkaTimeoutError,
+    LeaderNotAvailableError,
+    NotLeaderForPartitionError,
+    TopicAlreadyExistsError,
+)
 from aiokafka.partitioner import murmur2
 from twisted.logger import Logger
 
@@ -31,23 +52,44 @@ from gateway.outbox import RECORD_OVERHEAD_BYTES, Entry, Loss, Outbox
 
 log = Logger()
 
-# Records moved from the outbox into aiokafka per wake-up. They stay in the
-# outbox's byte accounting (as in flight) until acknowledged or lost.
+# Records one partition's sender takes from the outbox at a time. They stay in
+# the outbox's byte accounting (as in flight) until acknowledged or lost.
 _TAKE = 2000
 # Commands handled per turn of the event loop (about 40 us each), so that a
 # burst of commands never holds the reactor for more than a few milliseconds.
 _COMMANDS_PER_TURN = 50
 # aiokafka's batch size: larger batches, fewer requests and futures.
 _BATCH_BYTES = 256 * 1024
+# Errors of a batch aiokafka never sent, safe to send again: no room in the
+# accumulator within the request timeout (the previous batch still waiting),
+# or the batch expired there with no leader. A batch that *was* sent is retried
+# by aiokafka itself (idempotent producer: it never expires), so a request
+# timeout of a sent batch does not reach us.
+_NOT_SENT = (KafkaTimeoutError, NotLeaderForPartitionError, LeaderNotAvailableError)
+# How often partition counts are checked, and metadata refreshed.
+_METADATA_S = 5.0
+# A partition whose batch waits longer than this makes kgw_kafka_up 0.
+_STALLED_S = 10.0
+# A supervised task that fails this many times within _FAIL_WINDOW_S is fatal.
+_MAX_FAILURES = 5
+_FAIL_WINDOW_S = 60.0
+_RESTART_DELAY_S = 1.0
+# Start-up: retry Kafka with backoff up to this, logging once per interval.
+_START_BACKOFF_MAX_S = 10.0
+_START_LOG_EVERY_S = 30.0
+# Shutdown: at most this long for each client to close once flushing is over.
+_CLOSE_TIMEOUT_S = 5.0
 
 
-async def ensure_topics(bootstrap: str, specs: list[tuple[str, int, int]]) -> None:
+async def ensure_topics(bootstrap: str, specs: list[tuple[str, int, int]],
+                        configs: dict[str, str] | None = None) -> None:
     """Create (name, partitions, replication) topics that do not exist yet."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        new = [NewTopic(n, p, r) for n, p, r in specs if n not in existing]
+        new = [NewTopic(n, p, r, topic_configs=dict(configs or {}))
+               for n, p, r in specs if n not in existing]
         if new:
             try:
                 await admin.create_topics(new)
@@ -69,52 +111,97 @@ class Bus:
         metrics: Metrics,
         on_command: Callable[[m.Command], None],
         clock: Any = None,
+        on_fatal: Callable[[str], None] | None = None,
+        on_end_delivered: Callable[[str], None] | None = None,
     ) -> None:
         self._c = config
         # The node's clock (monotonic in a running node); None: the wall clock.
         self._clock = clock or _WallClock()
         self._metrics = metrics
         self._on_command = on_command
+        self._on_fatal = on_fatal or (lambda why: None)
+        self._on_end_delivered = on_end_delivered or (lambda call_id: None)
+        # Calls whose records wait until the node's lease lists them (see hold).
+        self._held: set[str] = set()
         self.outbox = Outbox(config.buffer_bytes, config.buffer_call_share_bytes,
-                             RECORD_OVERHEAD_BYTES)
+                             RECORD_OVERHEAD_BYTES, config.buffer_max_s)
         self._wake = asyncio.Event()
         self._node_id = config.node_id
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._senders: dict[tuple[str, int], asyncio.Task[None]] = {}
+        # When each partition's batch in aiokafka was handed over (for kgw_kafka_up).
+        self._waiting: dict[tuple[str, int], float] = {}
         self._in_flight = 0
-        # Partition counts are read once at start: a topic that gains partitions
-        # later needs a node restart (and remaps calls, as for any keyed producer).
+        self._failures: dict[str, list[float]] = {}
         self._partition_counts: dict[str, int] = {}
         self._partitions: dict[tuple[str, bytes], int] = {}
         self._idle = asyncio.Event()
         self._idle.set()
-        # False from a failed delivery until the next success: readiness.
+        self._stopping = False
+        # Readiness: False once the bus has failed for good.
+        self.healthy = True
         self.delivering = False
 
     # --- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        """Topics exist, the producer is up and the command consumer is positioned."""
+        """Topics exist, the producer is up and the command consumer is positioned.
+
+        Kafka away at start is not an error: retried with backoff (logged once per
+        interval) until it answers; cancel the call to give up.
+        """
+        delay, last_log = 0.5, -_START_LOG_EVERY_S
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                await self._connect()
+                if attempts > 1:
+                    log.info("Kafka reachable after {n} attempts", n=attempts)
+                break
+            except (KafkaError, OSError) as e:
+                await self._close_clients()
+                now = time.monotonic()
+                if now - last_log >= _START_LOG_EVERY_S:
+                    last_log = now
+                    log.warn("Kafka at {kafka} not reachable ({err}); retrying, not ready",
+                             kafka=self._c.kafka, err=type(e).__name__)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _START_BACKOFF_MAX_S)
+        self._set_delivering(True)
+        self._tasks = [
+            self._supervise("drain", self._drain_loop),
+            self._supervise("commands", self._command_loop),
+            self._supervise("metadata", self._metadata_loop),
+        ]
+
+    async def _connect(self) -> None:
         c = self._c
+        configs = {"min.insync.replicas": str(c.min_insync_replicas)} \
+            if c.min_insync_replicas > 1 else {}
         await ensure_topics(c.kafka, [
             (c.inbound_topic, c.inbound_partitions, c.replication_factor),
             (c.outbound_topic, c.inbound_partitions, c.replication_factor),
             # One partition: a node's commands stay in the order bots sent them.
             (c.commands_topic, 1, c.replication_factor),
-        ])
+        ], configs)
         self._producer = AIOKafkaProducer(
             bootstrap_servers=c.kafka,
             acks="all",
             enable_idempotence=True,
             linger_ms=c.linger_ms,
             max_batch_size=_BATCH_BYTES,
+            # Fresh metadata: a new leader, or a topic whose partitions changed,
+            # is seen within seconds, not aiokafka's default five minutes.
+            metadata_max_age_ms=int(_METADATA_S * 1000),
             client_id=f"kgw-{c.node_id}",
         )
         await self._producer.start()
         for topic in (c.inbound_topic, c.outbound_topic):
             self._partition_counts[topic] = len(await self._producer.partitions_for(topic))
-        self._set_delivering(True)
+            self._metrics.topic_partitions.labels(topic).set(self._partition_counts[topic])
         # No consumer group: this node alone reads its topic, and a restarted
         # node has no calls, so it starts at the end.
         self._consumer = AIOKafkaConsumer(
@@ -127,25 +214,38 @@ class Bus:
         # Resolve the position now, so a command sent right after the first
         # CallStarted is not skipped by a late "latest".
         await self._consumer.position(tp)
-        self._tasks = [
-            asyncio.ensure_future(self._drain_loop()),
-            asyncio.ensure_future(self._command_loop()),
-        ]
 
     async def stop(self, flush_timeout: float = 10.0) -> None:
-        """Stop reading commands, deliver what is buffered (within the timeout), close."""
-        if self._consumer is not None:
-            self._tasks[1].cancel()
-            await self._consumer.stop()
-        try:
-            await asyncio.wait_for(self._flushed(), flush_timeout)
-        except TimeoutError:
-            log.error("shutdown: {records} records not delivered within {timeout}s",
-                      records=len(self.outbox) + self._in_flight, timeout=flush_timeout)
-        for t in self._tasks:
+        """Stop reading commands, deliver what is buffered (within the timeout), close.
+
+        Returns within flush_timeout + 2 x _CLOSE_TIMEOUT_S, Kafka or not.
+        """
+        self._stopping = True
+        for t in self._tasks[1:]:
             t.cancel()
         if self._producer is not None:
-            await self._producer.stop()
+            try:
+                await asyncio.wait_for(self._flushed(), flush_timeout)
+            except TimeoutError:
+                pass
+        undelivered = len(self.outbox) + self._in_flight
+        if undelivered or self.outbox.has_losses:
+            log.error("shutdown: {records} records not delivered within {timeout}s",
+                      records=undelivered, timeout=flush_timeout)
+        for t in [*self._tasks, *self._senders.values()]:
+            t.cancel()
+        await self._close_clients()
+
+    async def _close_clients(self) -> None:
+        for client in (self._consumer, self._producer):
+            if client is None:
+                continue
+            try:
+                # aiokafka's stop flushes and can wait for a broker that is away.
+                await asyncio.wait_for(client.stop(), _CLOSE_TIMEOUT_S)
+            except (TimeoutError, KafkaError, OSError):
+                log.warn("a Kafka client did not close within {t}s", t=_CLOSE_TIMEOUT_S)
+        self._consumer = self._producer = None
 
     async def _flushed(self) -> None:
         while len(self.outbox) or self.outbox.has_losses or self._in_flight:
@@ -153,15 +253,67 @@ class Bus:
             self._idle.clear()
             await self._idle.wait()
 
+    @property
+    def undelivered(self) -> int:
+        return len(self.outbox) + self._in_flight
+
+    # --- supervision -------------------------------------------------------------
+
+    def _supervise(self, name: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        async def supervised() -> None:
+            while True:
+                try:
+                    await run()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.failure("bus task {task} failed; restarting it", task=name)
+                    if self._failed(name):
+                        return
+                    await asyncio.sleep(_RESTART_DELAY_S)
+
+        return asyncio.ensure_future(supervised())
+
+    def _failed(self, name: str) -> bool:
+        """Count a failure of task ``name``; True (and fatal) if it keeps failing."""
+        self._metrics.bus_task_failures.labels(name).inc()
+        now = time.monotonic()
+        recent = [t for t in self._failures.get(name, []) if now - t < _FAIL_WINDOW_S]
+        recent.append(now)
+        self._failures[name] = recent
+        if len(recent) < _MAX_FAILURES or self._stopping:
+            return False
+        self.healthy = False
+        self._set_delivering(False)
+        self._on_fatal(f"bus task {name} failed {len(recent)} times in {_FAIL_WINDOW_S:g}s")
+        return True
+
     # --- publishing --------------------------------------------------------------
+
+    def hold(self, call_id: str) -> None:
+        """Send nothing of this call until ``release``: its started record must not reach
+        Kafka before the node's lease lists the call, or a crash in between would leave
+        a started call that no one ends."""
+        self._held.add(call_id)
+
+    def release(self, call_ids: Iterable[str]) -> None:
+        """The lease that lists these calls is on the broker: their records may go."""
+        before = len(self._held)
+        self._held.difference_update(call_ids)
+        if len(self._held) != before:
+            self._wake.set()
 
     def publish(self, rec: m.Inbound) -> None:
         topic = self._c.inbound_topic
         key = rec.call_id.encode()
         value = records.encode_inbound(rec, self._node_id, wall_offset(self._clock))
+        body = rec.body
         self._put(Entry(topic, key, value, rec.call_id, rec.record_seq,
-                        isinstance(rec.body, m.CallerAudio), self._partition(topic, key)))
-        if isinstance(rec.body, m.CallEnded):
+                        isinstance(body, m.CallerAudio), self._partition(topic, key),
+                        precious=isinstance(body, m.CallStarted | m.CallEnded),
+                        ends_call=isinstance(body, m.CallEnded)))
+        if isinstance(body, m.CallEnded):
             # The call's last record: forget its cached partitions.
             self._partitions.pop((topic, key), None)
             self._partitions.pop((self._c.outbound_topic, key), None)
@@ -174,30 +326,27 @@ class Bus:
                         partition=self._partition(topic, key)))
 
     def _put(self, entry: Entry) -> None:
-        dropped = self.outbox.put(entry)
+        dropped = self.outbox.put(entry, time.monotonic())
         if dropped:
             self._metrics.records_dropped.labels("buffer_full").inc(dropped)
         self._wake.set()
 
     async def _drain_loop(self) -> None:
+        """Loss notes into their partitions' queues; a sender for each partition with work."""
         outbox = self.outbox
         while True:
-            if not len(outbox) and not outbox.has_losses:
-                self._metrics.buffer_records.set(0)
-                self._metrics.buffer_bytes.set(0)
-                if not self._in_flight:
-                    self._idle.set()
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            # Loss notes go first: what they stand for is older than what waits.
-            entries = [self._loss_note(call_id, topic, loss)
-                       for (call_id, topic), loss in outbox.take_losses().items()]
-            outbox.count_in_flight(entries)
-            entries += outbox.take(_TAKE)
-            await self._send_batches(entries)
+            for (call_id, topic), loss in outbox.take_losses().items():
+                outbox.put_note(self._loss_note(call_id, topic, loss))
+            for tp in outbox.partitions():
+                sender = self._senders.get(tp)
+                if sender is None or sender.done():
+                    self._senders[tp] = asyncio.ensure_future(self._send_partition(tp))
             self._metrics.buffer_records.set(len(outbox))
             self._metrics.buffer_bytes.set(outbox.bytes + outbox.in_flight_bytes)
+            if not len(outbox) and not self._in_flight and not outbox.has_losses:
+                self._idle.set()
+            self._wake.clear()
+            await self._wake.wait()
 
     def _loss_note(self, call_id: str, topic: str, loss: Loss) -> Entry:
         """The record that takes the lost ones' place, on the topic they were meant for."""
@@ -214,58 +363,95 @@ class Bus:
                 m.Outbound(call_id, now, m.OutboundDropped(loss.records, loss.audio_chunks)),
                 self._node_id)
         key = call_id.encode()
-        # No call id on the entry: a note that fails is not noted again.
-        return Entry(topic, key, value, partition=self._partition(topic, key))
+        return Entry(topic, key, value, call_id, partition=self._partition(topic, key),
+                     loss=loss)
 
-    async def _send_batches(self, entries: list[Entry]) -> None:
-        """One aiokafka batch per partition instead of one send() per record: the
-        per-record future, coroutine and partitioner calls were most of the bus's cost."""
-        producer = self._producer
-        assert producer is not None
-        by_partition: dict[tuple[str, int], list[Entry]] = {}
-        for e in entries:
-            by_partition.setdefault((e.topic, e.partition), []).append(e)
-        queued_at = time.monotonic()
-        for (topic, partition), group in by_partition.items():
-            i = 0
-            while i < len(group):
-                batch = producer.create_batch()
-                first = i
-                while i < len(group) and batch.append(
-                        key=group[i].key, value=group[i].value, timestamp=None) is not None:
-                    i += 1
-                if i == first:  # larger than a whole batch: Kafka would refuse it too
-                    self.outbox.settle(group[i:i + 1])
-                    self._lost(group[i], None)
-                    i += 1
-                    continue
-                sent = group[first:i]
-                try:
-                    # Waits only while this partition's previous batch is still
-                    # queued (broker slow or away); new records wait in the outbox.
-                    fut = await producer.send_batch(batch, topic, partition=partition)
-                except KafkaError as e:
-                    self.outbox.settle(sent)
-                    for entry in sent:
-                        self._lost(entry, e)
-                    continue
-                self._in_flight += len(sent)
-                fut.add_done_callback(functools.partial(self._delivered, sent, queued_at))
+    async def _send_partition(self, tp: tuple[str, int]) -> None:
+        """Send one partition's queue, one batch in aiokafka at a time, until it is empty."""
+        topic, partition = tp
+        while True:
+            producer = self._producer
+            entries = self.outbox.take_partition(tp, _TAKE, self._held)
+            if not entries or producer is None:
+                self.outbox.put_back(entries)
+                # Nothing to send now. Empty: the drain loop may be idle now. A held
+                # call at the head: the release wakes the drain loop, which starts a
+                # new sender (waking it here would only spin).
+                self._waiting.pop(tp, None)
+                if tp not in self.outbox.partitions():
+                    self._wake.set()
+                return
+            self._in_flight += len(entries)
+            try:
+                sent_back = await self._send_entries(producer, topic, partition, entries)
+            except Exception:
+                # A bug or an aiokafka surprise (an AssertionError when a topic lost
+                # partitions): what was not sent went back; the metadata task maps
+                # partitions again and the drain loop starts a new sender.
+                self._set_delivering(False)
+                log.failure("sender for {topic}[{p}] failed", topic=topic, p=partition)
+                self._failed("send")
+                await asyncio.sleep(1)
+                break
+            if sent_back:
+                await asyncio.sleep(0.5)  # the leader is away: aiokafka waited already
+        self._waiting.pop(tp, None)
+        self._wake.set()
 
-    def _delivered(self, sent: list[Entry], queued_at: float, fut: asyncio.Future[object]) -> None:
-        self._in_flight -= len(sent)
-        self.outbox.settle(sent)
-        if fut.cancelled() or fut.exception() is not None:
-            err = None if fut.cancelled() else fut.exception()
-            for entry in sent:
-                self._lost(entry, err)
-        else:
+    async def _send_entries(self, producer: AIOKafkaProducer, topic: str, partition: int,
+                            entries: list[Entry]) -> bool:
+        """Send ``entries`` in batches, awaiting each; returns True if some came back unsent."""
+        i = 0
+        while i < len(entries):
+            batch = producer.create_batch()
+            first = i
+            while i < len(entries) and batch.append(
+                    key=entries[i].key, value=entries[i].value, timestamp=None) is not None:
+                i += 1
+            if i == first:  # larger than a whole batch: Kafka would refuse it too
+                self._settle_lost(entries[i:i + 1], None)
+                i += 1
+                continue
+            sent = entries[first:i]
+            queued_at = time.monotonic()
+            self._waiting[(topic, partition)] = queued_at
+            try:
+                fut = await producer.send_batch(batch, topic, partition=partition)
+                await fut
+            except _NOT_SENT as e:
+                # Never written: back to the front, in order, with what followed.
+                self._put_back(entries[first:])
+                log.warn("records to {topic}[{p}] not sent ({err}); retrying", topic=topic,
+                         p=partition, err=type(e).__name__)
+                return True
+            except KafkaError as e:
+                self._settle_lost(sent, e)
+                continue
+            except Exception:
+                self._put_back(entries[first:])
+                raise
+            self._waiting.pop((topic, partition), None)
+            self._in_flight -= len(sent)
+            self.outbox.settle(sent)
+            for e in sent:
+                if e.ends_call:
+                    self._on_end_delivered(e.call_id)
             self._metrics.records_produced.inc(len(sent))
             self._metrics.produce_latency.observe(time.monotonic() - queued_at)
             if not self.delivering:
                 self._set_delivering(True)
-        if not self._in_flight:
-            self._wake.set()
+        return False
+
+    def _put_back(self, entries: list[Entry]) -> None:
+        self._in_flight -= len(entries)
+        self.outbox.put_back(entries)
+        self._set_delivering(False)
+
+    def _settle_lost(self, entries: list[Entry], err: BaseException | None) -> None:
+        self._in_flight -= len(entries)
+        self.outbox.settle(entries)
+        for entry in entries:
+            self._lost(entry, err)
 
     def _partition(self, topic: str, key: bytes) -> int:
         """Kafka's default (murmur2) partition for a key, cached: aiokafka computes it in
@@ -277,17 +463,58 @@ class Bus:
         return cached
 
     def _lost(self, entry: Entry, err: BaseException | None) -> None:
-        self._metrics.records_dropped.labels("delivery_failed").inc()
         self._set_delivering(False)
+        if entry.loss is not None:
+            # A loss note that failed: the loss it reports is owed again.
+            self.outbox.restore_loss(entry)
+            self._wake.set()
+            return
+        self._metrics.records_dropped.labels("delivery_failed").inc()
         log.error("call {call_id}: record to {topic} not delivered: {err!r}",
                   call_id=entry.call_id, topic=entry.topic, err=err)
-        if entry.call_id:  # loss notes themselves carry none: no loop of notes
+        if entry.call_id:
             self.outbox.record_loss(entry)
             self._wake.set()
 
     def _set_delivering(self, up: bool) -> None:
         self.delivering = up
         self._metrics.kafka_up.set(int(up))
+
+    # --- metadata ------------------------------------------------------------------
+
+    async def _metadata_loop(self) -> None:
+        """Partition counts that change are handled; a partition stuck makes kafka_up 0."""
+        while True:
+            await asyncio.sleep(_METADATA_S)
+            producer = self._producer
+            if producer is None:
+                continue
+            now = time.monotonic()
+            if any(now - t > _STALLED_S for t in self._waiting.values()):
+                self._set_delivering(False)
+            for topic, known in list(self._partition_counts.items()):
+                try:
+                    count = len(await asyncio.wait_for(producer.partitions_for(topic),
+                                                       _METADATA_S))
+                except (TimeoutError, KafkaError):
+                    continue
+                if count and count != known:
+                    self._repartition(topic, known, count)
+
+    def _repartition(self, topic: str, known: int, count: int) -> None:
+        log.error("topic {topic} has {count} partitions, not {known}: records of its calls "
+                  "now go to other partitions (bots may see a call move)", topic=topic,
+                  count=count, known=known)
+        self._metrics.topic_partitions.labels(topic).set(count)
+        self._metrics.partition_changes.labels(topic).inc()
+        self._partition_counts[topic] = count
+        for cached in [k for k in self._partitions if k[0] == topic]:
+            del self._partitions[cached]
+        moved = self.outbox.repartition(topic, count, lambda key: self._partition(topic, key))
+        if moved:
+            log.warn("{n} queued records of {topic} moved to existing partitions", n=moved,
+                     topic=topic)
+        self._wake.set()
 
     # --- commands ------------------------------------------------------------------
 

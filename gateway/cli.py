@@ -35,18 +35,34 @@ def _serve(args: argparse.Namespace) -> int:
     log = Logger()
     node = Node(config, reactor, clock=LoopClock(asyncio.get_event_loop()))
     status = {"code": 0}
+    started: list[asyncio.Future[None]] = []
 
     def failed(f: object) -> None:
         log.failure("node failed to start", failure=f)
         status["code"] = 1
         reactor.stop()
 
+    async def watch_failure() -> None:
+        await node.failed.wait()
+        status["code"] = 1
+        reactor.stop()
+
     def start() -> None:
-        as_deferred(node.start()).addErrback(failed)
+        task = asyncio.ensure_future(node.start())
+        started.append(task)
+        as_deferred(task).addErrback(
+            lambda f: None if f.check(asyncio.CancelledError) else failed(f))
+        asyncio.ensure_future(watch_failure())
+
+    def stop() -> object:
+        # SIGTERM while still waiting for Kafka: give up waiting, then shut down.
+        for task in started:
+            task.cancel()
+        return as_deferred(node.shutdown())
 
     reactor.callWhenRunning(start)
     # Ctrl-C / SIGTERM stop the reactor; this trigger drains calls first.
-    reactor.addSystemEventTrigger("before", "shutdown", lambda: as_deferred(node.shutdown()))
+    reactor.addSystemEventTrigger("before", "shutdown", stop)
     reactor.run()
     return status["code"]
 

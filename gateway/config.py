@@ -145,6 +145,9 @@ NODE_SETTINGS: tuple[Setting, ...] = (
     Setting("buffer_bytes", "KGW_BUFFER_BYTES", "67108864",
             "records held while Kafka is unreachable (or in flight); beyond, oldest dropped and "
             "reported", positive(int)),
+    Setting("buffer_max_s", "KGW_BUFFER_MAX_S", "600",
+            "oldest record the buffer keeps while Kafka is away, in seconds; older ones are "
+            "dropped and reported (0: bytes only)", non_negative(_finite)),
     Setting("buffer_call_share_bytes", "KGW_BUFFER_CALL_SHARE_BYTES", "4194304",
             "most of the buffer one call may hold; beyond, that call's own oldest records go "
             "first", positive(int)),
@@ -154,6 +157,9 @@ NODE_SETTINGS: tuple[Setting, ...] = (
             "partitions when the node creates the inbound/outbound topics", positive(int)),
     Setting("replication_factor", "KGW_REPLICATION_FACTOR", "1",
             "replication factor when the node creates topics", positive(int)),
+    Setting("min_insync_replicas", "KGW_MIN_INSYNC_REPLICAS", "1",
+            "min.insync.replicas of the topics the node creates (2 with replication 3: a "
+            "record is acknowledged once two brokers hold it)", positive(int)),
     Setting("max_command_age_s", "KGW_MAX_COMMAND_AGE_S", "30",
             "commands sent longer ago than this (by their sent_unix_us) are rejected, not played "
             "late (0: no limit)", non_negative(_finite)),
@@ -188,9 +194,11 @@ class NodeConfig:
     playout_node_bytes: int = 96 * 1024 * 1024
     buffer_bytes: int = 64 * 1024 * 1024
     buffer_call_share_bytes: int = 4 * 1024 * 1024
+    buffer_max_s: float = 600.0
     linger_ms: int = 5
     inbound_partitions: int = 12
     replication_factor: int = 1
+    min_insync_replicas: int = 1
     max_command_age_s: float = 30.0
     lease_s: float = 10.0
     lease_margin_s: float = 5.0
@@ -279,6 +287,10 @@ class NodeConfig:
             raise SettingError(
                 f"--buffer-call-share-bytes {self.buffer_call_share_bytes} is more than "
                 f"--buffer-bytes {self.buffer_bytes}")
+        if self.min_insync_replicas > self.replication_factor:
+            raise SettingError(
+                f"--min-insync-replicas {self.min_insync_replicas} is more than "
+                f"--replication-factor {self.replication_factor}: no record could be written")
         if p.max_call_bytes > self.playout_node_bytes:
             raise SettingError(
                 f"--playout-max-call-bytes {p.max_call_bytes} is more than "

@@ -300,6 +300,10 @@ LIMITS: tuple[Limit, ...] = (
           "about 6 s of a Kafka outage at 200 calls of 16 kHz audio (~51 KB/s each: 50 records "
           "a second of 640 audio bytes plus ~380 of framing and objects); records in flight "
           "count too. Longer outages need a larger buffer and memory limit"),
+    Limit("buffer_max_s",
+          "oldest records dropped and reported, as for buffer_bytes",
+          "10 minutes: records older than that are of little use to a live bot, and the "
+          "bytes bound is usually reached first (see the outage table below)"),
     Limit("buffer_call_share_bytes",
           "that call's own oldest records dropped and reported (not another call's)",
           "4 MiB is about 2 minutes of one 16 kHz call's records: a real call never reaches it "
@@ -361,6 +365,31 @@ def fixed_limits_table() -> str:
     rows = ["| what | limit | beyond it | why |", "|---|---|---|---|"]
     for f in FIXED_LIMITS:
         rows.append(f"| {f.what} | {f.value} | {f.beyond} | {f.why} |")
+    return "\n".join(rows)
+
+
+# What one 16 kHz call costs the buffer per second while Kafka is away: 50
+# caller records of 640 audio bytes, ~70 bytes of protobuf framing and the
+# outbox's 320-byte charge each (a silent bot adds nothing; a talking one
+# adds its outbound audit records, about as much again).
+CALL_BUFFER_BYTES_PER_S = 50 * (640 + 70 + RECORD_OVERHEAD_BYTES)
+
+
+def outage_carried_s(c: NodeConfig, calls: int, talking_bots: bool = False) -> float:
+    """How long an outage the buffer carries without a loss, at ``calls`` live calls."""
+    rate = calls * CALL_BUFFER_BYTES_PER_S * (2 if talking_bots else 1)
+    by_bytes = c.buffer_bytes / rate
+    return min(by_bytes, c.buffer_max_s) if c.buffer_max_s else by_bytes
+
+
+def outage_table(c: NodeConfig | None = None, calls: Sequence[int] = (100, 300)) -> str:
+    """The README's outage table, at ``c`` (default: the defaults)."""
+    c = c or NodeConfig()
+    rows = ["| live calls (16 kHz) | outage carried, bot silent | bot talking all the time |",
+            "|---:|---:|---:|"]
+    for n in calls:
+        rows.append(f"| {n} | {outage_carried_s(c, n):.1f} s | "
+                    f"{outage_carried_s(c, n, talking_bots=True):.1f} s |")
     return "\n".join(rows)
 
 

@@ -56,4 +56,14 @@ class Metrics:
             "kgw_commands_stale",
             "commands rejected because they were sent longer ago than --max-command-age-s",
             registry=r)
+        self.topic_partitions = Gauge(
+            "kgw_topic_partitions", "partitions of each topic the node writes, as it last saw",
+            ["topic"], registry=r)
+        self.partition_changes = Counter(
+            "kgw_topic_partition_changes",
+            "times a topic's partition count changed under the running node", ["topic"],
+            registry=r)
+        self.bus_task_failures = Counter(
+            "kgw_bus_task_failures", "unexpected failures of the node's Kafka tasks (restarted)",
+            ["task"], registry=r)
         self.kafka_up = Gauge("kgw_kafka_up", "1 while the producer is delivering", registry=r)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -20,6 +21,7 @@ from gateway.core import model as m
 from gateway.core.call import State
 from gateway.core.errors import CloseCode
 from gateway.core.playout import AudioBudget
+from gateway.lease_keeper import LeaseKeeper, outbox_idle
 from gateway.logs import printable
 from gateway.metrics import Metrics
 from gateway.registry import Registry
@@ -43,7 +45,14 @@ class Node:
         self.accepting = False
         # Bot audio held by all calls together (--playout-node-bytes).
         self.audio_budget = AudioBudget(config.playout_node_bytes)
-        self.bus = Bus(config, self.metrics, self._on_command, self.clock)
+        self.bus = Bus(config, self.metrics, self._on_command, self.clock, self._bus_failed,
+                       on_end_delivered=lambda call_id: self.lease.end_delivered(call_id))
+        # The node's lease on the nodes topic: its calls end even if it dies (gateway.lease).
+        self.lease = self._new_lease()
+        # Set when the node must stop on its own (its bus failed for good): the
+        # entry point exits non-zero, so the orchestrator restarts it.
+        self.failed = asyncio.Event()
+        self.failure = ""
         self.factory = ProviderFactory(self)
         self._port: IListeningPort | None = None
         self._status_port: IListeningPort | None = None
@@ -53,16 +62,20 @@ class Node:
     # --- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        """Bus first: a call must never start before its commands can be received."""
+        """Status first (so /readyz says 503 while Kafka is away), then the bus, retried
+        until Kafka answers, then the provider port: a call must never start before its
+        commands can be received."""
         c = self.config
-        await self.bus.start()
-        self._port = await wait_deferred(serverFromString(self.reactor, c.listen)
-                                         .listen(self.factory))
         if c.metrics_listen:
             from gateway.status import status_site
 
             self._status_port = await wait_deferred(
                 serverFromString(self.reactor, c.metrics_listen).listen(status_site(self)))
+        await self.bus.start()
+        # Ends the calls a previous run with this id left, before any new call.
+        await self._start_lease()
+        self._port = await wait_deferred(serverFromString(self.reactor, c.listen)
+                                         .listen(self.factory))
         self.accepting = True
         log.info("node {node_id} listening on {addr}; commands on {topic}", node_id=c.node_id,
                  addr=self.address, topic=c.commands_topic)
@@ -70,6 +83,25 @@ class Node:
             log.warn("protected mode: no --auth-token and no --allow-from, so sockets are "
                      "accepted from loopback only; set --allow-unauthenticated to accept any "
                      "address on purpose")
+
+    def _new_lease(self) -> LeaseKeeper:
+        # A new call's records wait in the bus until a lease listing it is on the broker.
+        return LeaseKeeper(self.config, delivered=outbox_idle(self.bus.outbox),
+                           on_listed=self.bus.release)
+
+    async def _start_lease(self) -> None:
+        """Kafka may go away between the bus's start and the lease's: retried, like the bus."""
+        delay = 0.5
+        while True:
+            try:
+                await self.lease.start()
+                return
+            except (KafkaError, OSError) as e:
+                log.warn("lease not started ({err}); retrying", err=type(e).__name__)
+                await self.lease.stop()
+                self.lease = self._new_lease()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     @property
     def address(self) -> Any:
@@ -83,23 +115,26 @@ class Node:
     def ready(self) -> bool:
         # Not tied to Kafka: an outage hits every node alike, and taking them
         # all out of the load balancer would refuse calls the buffer could
-        # carry through. kgw_kafka_up is for alerting.
-        return self.accepting
+        # carry through. kgw_kafka_up is for alerting. A bus that failed for good is
+        # another matter: this node can no longer deliver, the others can.
+        return self.accepting and self.bus.healthy
 
     async def shutdown(self) -> None:
         """Stop accepting, let calls finish within the drain timeout, end the rest, flush."""
         self.accepting = False
         if self._port is not None:
             await wait_deferred(self._port.stopListening())
-        if self.sockets:
-            log.info("draining {n} calls for up to {t}s", n=len(self.sockets),
-                     t=self.config.drain_timeout_s)
+        # A node whose bus failed does not drain: its records have nowhere to go.
+        drain_s = 0.0 if self.failed.is_set() else self.config.drain_timeout_s
+        if self.sockets and drain_s:
+            log.info("draining {n} calls for up to {t}s", n=len(self.sockets), t=drain_s)
             try:
-                await asyncio.wait_for(self._all_closed.wait(), self.config.drain_timeout_s)
+                await asyncio.wait_for(self._all_closed.wait(), drain_s)
             except TimeoutError:
                 pass
+        detail = f"node stopping: {self.failure}" if self.failure else "node shutting down"
         for proto in list(self.sockets):
-            proto.end(m.EndReason.NODE_SHUTDOWN, "node shutting down", CloseCode.GOING_AWAY)
+            proto.end(m.EndReason.NODE_SHUTDOWN, detail, CloseCode.GOING_AWAY)
         if self.sockets:
             # The close handshake times out after 5 s in Autobahn; then the TCP
             # connection is dropped and onClose runs.
@@ -110,6 +145,15 @@ class Node:
         await self.bus.stop()
         if self._status_port is not None:
             await wait_deferred(self._status_port.stopListening())
+        await self.lease.stop()
+
+    def _bus_failed(self, why: str) -> None:
+        """The bus cannot go on: stop being ready and let the entry point shut down (which
+        ends every call NODE_SHUTDOWN and flushes what it can) and exit non-zero."""
+        log.error("node {node_id} stopping: {why}", node_id=self.config.node_id, why=why)
+        self.failure = why
+        self.accepting = False
+        self.failed.set()
 
     # --- from sockets ----------------------------------------------------------------
 
@@ -131,6 +175,10 @@ class Node:
         assert proto.call is not None
         call_id = proto.call.call_id
         previous = self.registry.add(call_id, proto)
+        # Before the call's started record is published (the adapter runs its effects
+        # after this): the bus holds the call's records until the lease lists it.
+        self.bus.hold(call_id)
+        self.lease.call_started(call_id)
         self.metrics.calls_started.inc()
         log.info("call {call_id} started ({rate} Hz) from {peer}", call_id=call_id,
                  rate=proto.call.sample_rate, peer=proto.peer)
@@ -157,6 +205,7 @@ class Node:
                      call_id=printable(call.call_id))
         else:
             self.metrics.calls_ended.labels(call.end_reason.value).inc()
+            self.lease.call_ended(call.call_id)
             log.info("call {call_id} ended: {reason}", call_id=call.call_id,
                      reason=call.end_reason.value)
 

@@ -199,3 +199,70 @@ def test_each_record_is_charged_its_overhead_so_tiny_records_cannot_hide():
         box.put(_e(2, "a", seq))
     assert len(box) == 10_000 // 322
     assert box.bytes <= 10_000
+
+
+def _p(size: int, call_id: str, seq: int, partition: int = 0, precious: bool = False,
+       topic: str = IN) -> Entry:
+    return Entry(topic, call_id.encode(), b"." * size, call_id, seq, not precious, partition,
+                 precious=precious)
+
+
+def test_started_and_ended_are_never_dropped_for_audio():
+    """A full buffer drops audio, never a call's started or ended record."""
+    box = Outbox(max_bytes=100)
+    box.put(_p(10, "a", 0, precious=True))
+    for seq in range(1, 30):
+        box.put(_p(10, "a", seq))
+    box.put(_p(10, "a", 30, precious=True))
+    kept = box.take(100)
+    assert [e.record_seq for e in kept if e.precious] == [0, 30]
+    assert box.take_losses()[("a", IN)].records == 21
+
+
+def test_records_older_than_max_age_are_dropped_and_reported():
+    """With max_age_s, a record queued longer ago than that goes when the next one comes."""
+    box = Outbox(max_bytes=10_000, max_age_s=60)
+    box.put(_p(10, "a", 0), now=0.0)
+    box.put(_p(10, "a", 1), now=30.0)
+    box.put(_p(10, "a", 2), now=61.0)
+    assert [e.record_seq for e in box.take(10)] == [1, 2]
+    assert box.take_losses() == {("a", IN): Loss(1, 0, 0, 1)}
+
+
+def test_partitions_are_taken_apart_and_unsent_records_go_back_in_order():
+    """Each partition is drained on its own; records put back come first again, in order."""
+    box = Outbox(max_bytes=10_000)
+    for seq in range(4):
+        box.put(_p(10, "a", seq, partition=0))
+        box.put(_p(10, "b", seq, partition=1))
+    assert sorted(box.partitions()) == [(IN, 0), (IN, 1)]
+    first = box.take_partition((IN, 0), 3)
+    assert [e.record_seq for e in first] == [0, 1, 2]
+    assert box.in_flight_bytes == 30
+    box.put_back(first[1:])  # 0 was delivered, 1 and 2 never sent
+    box.settle(first[:1])
+    assert box.in_flight_bytes == 0
+    assert [e.record_seq for e in box.take_partition((IN, 0), 10)] == [1, 2, 3]
+    assert [e.record_seq for e in box.take_partition((IN, 1), 10)] == [0, 1, 2, 3]
+
+
+def test_a_failed_loss_note_owes_its_loss_again():
+    """A loss note that is not delivered puts its loss back, merged with newer losses."""
+    box = Outbox(max_bytes=10)
+    box.put(_p(10, "a", 0))
+    box.put(_p(10, "a", 1))  # drops seq 0
+    (loss,) = box.take_losses().values()
+    note = Entry(IN, b"a", b"note", "a", loss=loss)
+    box.put(_p(10, "a", 2))  # drops seq 1
+    box.restore_loss(note)
+    assert box.take_losses() == {("a", IN): Loss(2, 0, 1, 2)}
+
+
+def test_repartition_moves_queued_records_of_vanished_partitions():
+    """After a topic shrinks, queued records of partitions that no longer exist move, in order."""
+    box = Outbox(max_bytes=10_000)
+    for seq in range(3):
+        box.put(_p(10, "a", seq, partition=5))
+    assert box.repartition(IN, 2, lambda key: 1) == 3
+    assert box.partitions() == [(IN, 1)]
+    assert [e.record_seq for e in box.take_partition((IN, 1), 10)] == [0, 1, 2]

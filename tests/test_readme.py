@@ -25,6 +25,7 @@ GENERATED: dict[str, Callable[[], str]] = {
     "limits-table": limits.limits_table,
     "fixed-limits-table": limits.fixed_limits_table,
     "memory-table": limits.memory_section,
+    "outage-table": limits.outage_table,
 }
 
 
@@ -46,6 +47,11 @@ def test_settings_table_matches_the_code() -> None:
 def test_limits_tables_match_the_code() -> None:
     assert _section("limits-table") == limits.limits_table()
     assert _section("fixed-limits-table") == limits.fixed_limits_table()
+
+
+def test_outage_table_matches_the_code() -> None:
+    """How long an outage the defaults carry is computed from the buffer settings."""
+    assert _section("outage-table") == limits.outage_table()
 
 
 def test_memory_tables_match_the_code() -> None:

@@ -49,6 +49,7 @@ class RecordingBus:
     """Stands in for ``gateway.bus.Bus``: keeps what the node hands it, in order."""
 
     delivering = True
+    healthy = True
 
     def __init__(self) -> None:
         self.inbound: list[m.Inbound] = []
@@ -56,6 +57,12 @@ class RecordingBus:
 
     def publish(self, rec: m.Inbound) -> None:
         self.inbound.append(rec)
+
+    def hold(self, call_id: str) -> None:
+        """The real bus holds a new call's records until the lease lists it; here, nothing."""
+
+    def release(self, call_ids: object) -> None:
+        pass
 
     def publish_outbound(self, rec: m.Outbound) -> None:
         self.outbound.append(rec)

@@ -1,0 +1,66 @@
+"""A bus task that fails is restarted; one that keeps failing stops the node (no broker)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from test_clock import run_in_own_loop
+from test_server import Provider, make_node, metric, node
+
+from gateway import bus as bus_module
+from gateway.bus import Bus
+from gateway.config import NodeConfig
+from gateway.metrics import Metrics
+from gateway.node import Node
+
+
+@pytest.mark.parametrize(("failures", "fatal"), [(1, False), (4, False), (5, True)])
+def test_a_failing_task_is_restarted_until_it_keeps_failing(
+        monkeypatch: pytest.MonkeyPatch, failures: int, fatal: bool) -> None:
+    """Each unexpected exception restarts the task and is counted; the fifth within a
+    minute calls on_fatal and the task stays down."""
+    monkeypatch.setattr(bus_module, "_RESTART_DELAY_S", 0.0)
+    metrics = Metrics()
+    fatal_why: list[str] = []
+
+    async def run() -> int:
+        bus = Bus(NodeConfig(), metrics, lambda cmd: None, on_fatal=fatal_why.append)
+        runs = 0
+
+        async def flaky() -> None:
+            nonlocal runs
+            runs += 1
+            if runs <= failures:
+                raise AssertionError("aiokafka surprise")
+
+        await asyncio.wait_for(bus._supervise("drain", flaky), 5)
+        assert bus.healthy is not fatal
+        return runs
+
+    runs = run_in_own_loop(run())
+    assert metrics.registry.get_sample_value("kgw_bus_task_failures_total",
+                                             {"task": "drain"}) == min(failures, 5)
+    assert bool(fatal_why) is fatal
+    assert runs == (failures if fatal else failures + 1)
+
+
+def test_a_node_whose_bus_failed_is_not_ready_and_says_why(node: Node) -> None:
+    """on_fatal takes the node out of the load balancer and asks the entry point to stop."""
+    p = Provider(node).open()
+    assert node.ready
+    node._bus_failed("bus task drain failed 5 times in 60s")
+    assert not node.ready and node.failed.is_set()
+    assert Provider(node).handshake() == 503
+    assert metric(node, "kgw_sockets_refused_total", why="node is draining") == 1
+    p.send_close(1000)
+
+
+__all__ = ["make_node", "node"]
+
+
+def test_readiness_follows_a_bus_that_failed_for_good(node: Node) -> None:
+    """An unhealthy bus makes /readyz fail even while the node still accepts."""
+    assert node.ready
+    node.bus.healthy = False  # type: ignore[misc]
+    assert not node.ready
