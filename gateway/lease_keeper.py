@@ -24,6 +24,7 @@ from twisted.logger import Logger
 
 from gateway import lease as ls
 from gateway import records, topics
+from gateway.config import NodeConfig
 from gateway.outbox import Outbox
 
 log = Logger()
@@ -36,16 +37,8 @@ _CLOSE_TIMEOUT_S = 5.0
 FENCED_EXIT = 75
 
 
-def _setting(config: Any, name: str, env: str, default: float) -> float:
-    value = getattr(config, name, None)
-    if value is None:
-        value = float(os.environ.get(env, default))
-    return float(value)
-
-
-def timing_of(config: Any) -> ls.Timing:
-    return ls.Timing(_setting(config, "lease_s", "KGW_LEASE_S", 10.0),
-                     _setting(config, "lease_margin_s", "KGW_LEASE_MARGIN_S", 5.0))
+def timing_of(config: NodeConfig) -> ls.Timing:
+    return ls.Timing(config.lease_s, config.lease_margin_s)
 
 
 def outbox_idle(outbox: Outbox) -> Callable[[], bool]:
@@ -65,7 +58,7 @@ def _wall_us() -> int:
 
 
 class LeaseKeeper:
-    def __init__(self, config: Any, *, delivered: Callable[[], bool] = lambda: True,
+    def __init__(self, config: NodeConfig, *, delivered: Callable[[], bool] = lambda: True,
                  on_fenced: Callable[[ls.Claim], None] = _exit_fenced,
                  on_listed: Callable[[list[str]], None] = lambda call_ids: None,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -160,10 +153,12 @@ class LeaseKeeper:
         await admin.start()
         try:
             if self.topic not in set(await admin.list_topics()):
-                rf = getattr(self._c, "replication_factor", 1)
+                configs = {"cleanup.policy": "compact"}
+                if self._c.min_insync_replicas > 1:
+                    configs["min.insync.replicas"] = str(self._c.min_insync_replicas)
                 try:
                     await admin.create_topics([NewTopic(
-                        self.topic, 1, rf, topic_configs={"cleanup.policy": "compact"})])
+                        self.topic, 1, self._c.replication_factor, topic_configs=configs)])
                 except TopicAlreadyExistsError:
                     pass
         finally:

@@ -38,6 +38,8 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
 RECORD_OVERHEAD_BYTES = 320
+# How often put() looks for records past max_age_s (the bound holds to within this).
+_AGE_CHECK_S = 1.0
 
 TopicPartition = tuple[str, int]
 
@@ -110,6 +112,7 @@ class Outbox:
         self._call_bytes: dict[str, int] = {}
         self._topic_names: set[str] = set()
         self._count = 0
+        self._age_checked_at = float("-inf")
         self._order = 0
         self._bytes = 0
         self._in_flight_bytes = 0
@@ -164,7 +167,9 @@ class Outbox:
                 break
             self._drop(victim)
             dropped += 1
-        if self.max_age_s:
+        if self.max_age_s and now - self._age_checked_at >= _AGE_CHECK_S:
+            # At most once a second: finding the oldest record looks at every partition.
+            self._age_checked_at = now
             while True:
                 victim = self._oldest(spare=entry)
                 if victim is None or now - victim.queued_at <= self.max_age_s:
