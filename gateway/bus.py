@@ -47,6 +47,7 @@ from gateway import records
 from gateway.clock import wall_offset
 from gateway.config import NodeConfig
 from gateway.core import model as m
+from gateway.kafka_clients import stop_within
 from gateway.metrics import Metrics
 from gateway.outbox import RECORD_OVERHEAD_BYTES, Entry, Loss, Outbox
 
@@ -77,8 +78,6 @@ _RESTART_DELAY_S = 1.0
 # Start-up: retry Kafka with backoff up to this, logging once per interval.
 _START_BACKOFF_MAX_S = 10.0
 _START_LOG_EVERY_S = 30.0
-# Shutdown: at most this long for each client to close once flushing is over.
-_CLOSE_TIMEOUT_S = 5.0
 
 
 async def ensure_topics(bootstrap: str, specs: list[tuple[str, int, int]],
@@ -218,7 +217,7 @@ class Bus:
     async def stop(self, flush_timeout: float = 10.0) -> None:
         """Stop reading commands, deliver what is buffered (within the timeout), close.
 
-        Returns within flush_timeout + 2 x _CLOSE_TIMEOUT_S, Kafka or not.
+        Returns within flush_timeout + 2 x CLOSE_TIMEOUT_S, Kafka or not.
         """
         self._stopping = True
         for t in self._tasks[1:]:
@@ -237,14 +236,7 @@ class Bus:
         await self._close_clients()
 
     async def _close_clients(self) -> None:
-        for client in (self._consumer, self._producer):
-            if client is None:
-                continue
-            try:
-                # aiokafka's stop flushes and can wait for a broker that is away.
-                await asyncio.wait_for(client.stop(), _CLOSE_TIMEOUT_S)
-            except (TimeoutError, KafkaError, OSError):
-                log.warn("a Kafka client did not close within {t}s", t=_CLOSE_TIMEOUT_S)
+        await stop_within((self._consumer, self._producer), "bus")
         self._consumer = self._producer = None
 
     async def _flushed(self) -> None:

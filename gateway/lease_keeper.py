@@ -25,14 +25,13 @@ from twisted.logger import Logger
 from gateway import lease as ls
 from gateway import records, topics
 from gateway.config import NodeConfig
+from gateway.kafka_clients import CLOSE_TIMEOUT_S, stop_within
 from gateway.outbox import Outbox
 
 log = Logger()
 
 # How often ended calls are checked for delivery while some are listed.
 _ENDING_POLL_S = 0.2
-# Shutdown: at most this long for each Kafka client to close.
-_CLOSE_TIMEOUT_S = 5.0
 # Exit status of a node fenced by a peer's claim (EX_TEMPFAIL).
 FENCED_EXIT = 75
 
@@ -135,18 +134,11 @@ class LeaseKeeper:
                 else:
                     log.error("shutdown: the bus did not deliver everything; leaving {n} calls "
                               "in the lease for a peer to end", n=len(self.holdings.calls()))
-                await asyncio.wait_for(self._write_lease(closed=closed), _CLOSE_TIMEOUT_S)
+                await asyncio.wait_for(self._write_lease(closed=closed), CLOSE_TIMEOUT_S)
         except (KafkaError, TimeoutError) as e:
             log.error("final lease not written: {err!r}", err=e)
         finally:
-            for client in (self._consumer, self._producer):
-                if client is None:
-                    continue
-                try:
-                    # aiokafka's stop can wait for a broker that is away: bounded.
-                    await asyncio.wait_for(client.stop(), _CLOSE_TIMEOUT_S)
-                except (TimeoutError, KafkaError, OSError):
-                    log.warn("a lease client did not close within {t}s", t=_CLOSE_TIMEOUT_S)
+            await stop_within((self._consumer, self._producer), "lease")
 
     async def _ensure_topic(self) -> None:
         admin = AIOKafkaAdminClient(bootstrap_servers=self._c.kafka)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 from test_end_to_end import in_twisted, node_config, reading, running_node, simulate, url_of
+from test_faults import own_kafka
 
 from gateway.core import model as m
 from gateway.localkafka import LocalKafka
@@ -19,24 +19,13 @@ from gateway.testing import InboundReader
 pytestmark = pytest.mark.broker
 
 
-@pytest.fixture
-def pausable_kafka() -> Iterator[LocalKafka]:
-    """A broker of this test's own, since it will be frozen (SIGSTOP) for a while."""
-    kafka = LocalKafka()
-    kafka.start()
-    yield kafka
-    if kafka.pid:
-        os.kill(kafka.pid, signal.SIGCONT)
-    kafka.stop()
-
-
 @in_twisted
 async def test_outage_keeps_the_call_and_reports_dropped_records(
-        pausable_kafka: LocalKafka, topic_prefix: str) -> None:
+        own_kafka: LocalKafka, topic_prefix: str) -> None:
     """While the broker is frozen the call continues; records beyond the node's buffer are
     dropped oldest-first and a RecordsDropped record covers exactly the missing sequence
     numbers, the rest arrive in order, and the call still ends once."""
-    kafka = pausable_kafka
+    kafka = own_kafka
     config = replace(node_config(kafka.bootstrap, topic_prefix), buffer_bytes=40_000)
     async with running_node(config) as node:
         sim = asyncio.ensure_future(simulate(url_of(node), ["--seconds", "12", "--linger", "0"]))
@@ -66,3 +55,6 @@ async def test_outage_keeps_the_call_and_reports_dropped_records(
         # Delivered records keep their order.
         seqs = [r.record_seq for r in recs if r.WhichOneof("body") != "dropped"]
         assert seqs == sorted(seqs)
+
+
+__all__ = ["own_kafka"]  # the shared fixture, used by name
