@@ -108,7 +108,7 @@ class Bus:
         self,
         config: NodeConfig,
         metrics: Metrics,
-        on_command: Callable[[m.Command], None],
+        on_command: Callable[[m.Command], None] | None = None,
         clock: Any = None,
         on_fatal: Callable[[str], None] | None = None,
         on_end_delivered: Callable[[str], None] | None = None,
@@ -117,7 +117,7 @@ class Bus:
         # The node's clock (monotonic in a running node); None: the wall clock.
         self._clock = clock or _WallClock()
         self._metrics = metrics
-        self._on_command = on_command
+        self._on_command = on_command or (lambda cmd: None)
         self._on_fatal = on_fatal or (lambda why: None)
         self._on_end_delivered = on_end_delivered or (lambda call_id: None)
         # Calls whose records wait until the node's lease lists them (see hold).
@@ -142,6 +142,18 @@ class Bus:
         # Readiness: False once the bus has failed for good.
         self.healthy = True
         self.delivering = False
+
+    def attach(self, *, on_command: Callable[[m.Command], None],
+               on_fatal: Callable[[str], None],
+               on_end_delivered: Callable[[str], None]) -> None:
+        """Where commands, a fatal failure and delivered call ends are reported (the node)."""
+        self._on_command, self._on_fatal = on_command, on_fatal
+        self._on_end_delivered = on_end_delivered
+
+    def idle(self) -> bool:
+        """Nothing queued, in flight or lost-but-unreported: every record is on the broker."""
+        o = self.outbox
+        return not len(o) and not o.in_flight_bytes and not o.has_losses
 
     # --- lifecycle -------------------------------------------------------------
 

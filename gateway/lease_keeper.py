@@ -26,7 +26,6 @@ from gateway import lease as ls
 from gateway import records, topics
 from gateway.config import NodeConfig
 from gateway.kafka_clients import CLOSE_TIMEOUT_S, stop_within
-from gateway.outbox import Outbox
 
 log = Logger()
 
@@ -38,11 +37,6 @@ FENCED_EXIT = 75
 
 def timing_of(config: NodeConfig) -> ls.Timing:
     return ls.Timing(config.lease_s, config.lease_margin_s)
-
-
-def outbox_idle(outbox: Outbox) -> Callable[[], bool]:
-    """True when the bus holds nothing queued, in flight or lost-but-unreported."""
-    return lambda: not len(outbox) and not outbox.in_flight_bytes and not outbox.has_losses
 
 
 def _exit_fenced(claim: ls.Claim) -> None:

@@ -21,7 +21,7 @@ from gateway.core import model as m
 from gateway.core.call import State
 from gateway.core.errors import CloseCode
 from gateway.core.playout import AudioBudget
-from gateway.lease_keeper import LeaseKeeper, outbox_idle
+from gateway.lease_keeper import LeaseKeeper
 from gateway.logs import printable
 from gateway.metrics import Metrics
 from gateway.registry import Registry
@@ -32,7 +32,10 @@ log = Logger()
 
 class Node:
     def __init__(self, config: NodeConfig, reactor: Any, metrics: Metrics | None = None,
-                 clock: Any = None) -> None:
+                 clock: Any = None, bus: Any = None, handshake_clock: Any = None) -> None:
+        """``bus``: the Kafka side (default: a ``gateway.bus.Bus``; tests pass
+        ``gateway.testing.RecordingBus``). ``handshake_clock``: Autobahn's handshake
+        timers (default: the global reactor)."""
         self.config = config
         self.reactor = reactor
         # Timeouts, flood checks and playout pacing run on this clock: monotonic
@@ -45,15 +48,18 @@ class Node:
         self.accepting = False
         # Bot audio held by all calls together (--playout-node-bytes).
         self.audio_budget = AudioBudget(config.playout_node_bytes)
-        self.bus = Bus(config, self.metrics, self._on_command, self.clock, self._bus_failed,
-                       on_end_delivered=lambda call_id: self.lease.end_delivered(call_id))
+        self.bus = bus if bus is not None else Bus(config, self.metrics, clock=self.clock)
+        self.bus.attach(on_command=self._on_command, on_fatal=self._bus_failed,
+                        on_end_delivered=lambda call_id: self.lease.end_delivered(call_id))
         # The node's lease on the nodes topic: its calls end even if it dies (gateway.lease).
         self.lease = self._new_lease()
         # Set when the node must stop on its own (its bus failed for good): the
         # entry point exits non-zero, so the orchestrator restarts it.
         self.failed = asyncio.Event()
         self.failure = ""
-        self.factory = ProviderFactory(self)
+        self.factory = ProviderFactory(config, clock=self.clock, metrics=self.metrics,
+                                       host=self, budget=self.audio_budget,
+                                       handshake_clock=handshake_clock)
         self._port: IListeningPort | None = None
         self._status_port: IListeningPort | None = None
         self._all_closed = asyncio.Event()
@@ -69,8 +75,9 @@ class Node:
         if c.metrics_listen:
             from gateway.status import status_site
 
+            site = status_site(lambda: self.ready, self.metrics.registry)
             self._status_port = await wait_deferred(
-                serverFromString(self.reactor, c.metrics_listen).listen(status_site(self)))
+                serverFromString(self.reactor, c.metrics_listen).listen(site))
         await self.bus.start()
         # Ends the calls a previous run with this id left, before any new call.
         await self._start_lease()
@@ -86,8 +93,7 @@ class Node:
 
     def _new_lease(self) -> LeaseKeeper:
         # A new call's records wait in the bus until a lease listing it is on the broker.
-        return LeaseKeeper(self.config, delivered=outbox_idle(self.bus.outbox),
-                           on_listed=self.bus.release)
+        return LeaseKeeper(self.config, delivered=self.bus.idle, on_listed=self.bus.release)
 
     async def _start_lease(self) -> None:
         """Kafka may go away between the bus's start and the lease's: retried, like the bus."""
@@ -159,6 +165,13 @@ class Node:
 
     def publish(self, rec: m.Inbound) -> None:
         self.bus.publish(rec)
+
+    def publish_outbound(self, rec: m.Outbound) -> None:
+        self.bus.publish_outbound(rec)
+
+    @property
+    def open_sockets(self) -> int:
+        return len(self.sockets)
 
     @property
     def awaiting_start(self) -> int:

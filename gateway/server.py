@@ -16,7 +16,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import uuid
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
@@ -26,14 +26,38 @@ from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.config import NodeConfig
 from gateway.core import model as m
-from gateway.core.call import Call, State
+from gateway.core.call import Call
 from gateway.core.errors import CloseCode
+from gateway.core.playout import AudioBudget
 from gateway.logs import printable
+from gateway.metrics import Metrics
 from gateway.paths import match_path
 
-if TYPE_CHECKING:
-    from gateway.node import Node
+
+class CallHost(Protocol):
+    """What the adapter needs of its owner (the node implements it): whether to take
+    sockets, how many are open or waiting, and where calls and their records go."""
+
+    @property
+    def accepting(self) -> bool: ...
+
+    @property
+    def open_sockets(self) -> int: ...
+
+    @property
+    def awaiting_start(self) -> int: ...
+
+    def socket_opened(self, proto: ProviderProtocol) -> None: ...
+
+    def call_started(self, proto: ProviderProtocol) -> None: ...
+
+    def socket_closed(self, proto: ProviderProtocol) -> None: ...
+
+    def publish(self, rec: m.Inbound) -> None: ...
+
+    def publish_outbound(self, rec: m.Outbound) -> None: ...
 
 log = Logger()
 
@@ -79,7 +103,7 @@ class ProviderProtocol(WebSocketServerProtocol):
         if self._request_refused:
             return
         if self.state == self.STATE_CONNECTING:
-            limit = self.factory.node.config.max_request_bytes
+            limit = self.factory.config.max_request_bytes
             pending = len(self.data) + len(data)
             if pending > limit and (self.data + data).find(_END_OF_REQUEST, 0, limit + 4) < 0:
                 self._request_refused = True
@@ -96,15 +120,14 @@ class ProviderProtocol(WebSocketServerProtocol):
         super().connectionLost(reason)
 
     def _refuse(self, why: str, detail: str = "", path: str = "") -> None:
-        self.factory.node.metrics.sockets_refused.labels(why).inc()
+        self.factory.metrics.sockets_refused.labels(why).inc()
         log.warn("refused socket from {peer}{on}: {why}", peer=printable(self.peer),
                  on=f" on {printable(path)}" if path else "", why=detail or why)
 
     # --- handshake -----------------------------------------------------------
 
     def onConnect(self, request: ConnectionRequest) -> str | None:
-        node = self.factory.node
-        c = node.config
+        c = self.factory.config
         why = self._refusal(request)
         if why is not None:
             status, reason = why
@@ -117,9 +140,8 @@ class ProviderProtocol(WebSocketServerProtocol):
         return request.protocols[0] if request.protocols else None
 
     def _refusal(self, request: ConnectionRequest) -> tuple[int, str] | None:
-        node = self.factory.node
-        c = node.config
-        if not node.accepting:
+        host, c = self.factory.host, self.factory.config
+        if not host.accepting:
             return 503, "node is draining"
         if not match_path(request.path, c.paths)[0]:
             return 404, "unknown path"
@@ -131,33 +153,33 @@ class ProviderProtocol(WebSocketServerProtocol):
             if not hmac.compare_digest(given.encode(), c.auth_token.encode()):
                 return 401, "bad or missing token"
         # After auth, so that an unauthenticated peer learns nothing of the load.
-        if len(node.sockets) >= c.max_sockets:
+        if host.open_sockets >= c.max_sockets:
             return 503, "node at its socket limit"
-        if node.awaiting_start >= c.max_awaiting_start:
+        if host.awaiting_start >= c.max_awaiting_start:
             return 503, "too many sockets awaiting a start message"
         return None
 
     # --- frames ----------------------------------------------------------------
 
     def onOpen(self) -> None:
-        node = self.factory.node
+        f = self.factory
         self._timers: dict[str, IDelayedCall] = {}
         self._closing_by_core = False
         self._write_watch = _WriteWatch()
         self.transport.registerProducer(self._write_watch, True)
-        self.call = Call(node.config.call, provisional_id=self._provisional_id,
-                         reply_topic=node.config.commands_topic,
-                         request_path=self._request_path, budget=node.audio_budget)
-        node.socket_opened(self)
-        self._run(self.call.opened(node.clock.seconds()))
+        self.call = Call(f.config.call, provisional_id=self._provisional_id,
+                         reply_topic=f.config.commands_topic,
+                         request_path=self._request_path, budget=f.budget)
+        f.host.socket_opened(self)
+        self._run(self.call.opened(f.clock.seconds()))
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         call = self.call
         if call is None:
             return
-        node = self.factory.node
-        now = node.clock.seconds()
-        metrics = node.metrics
+        f = self.factory
+        now = f.clock.seconds()
+        metrics = f.metrics
         metrics.bytes_in.inc(len(payload))
         if isBinary:
             metrics.frames_in_binary.inc()
@@ -165,21 +187,14 @@ class ProviderProtocol(WebSocketServerProtocol):
             return
         metrics.frames_in_text.inc()
         # Autobahn has already refused invalid UTF-8 in text frames.
-        text = payload.decode("utf-8")
-        awaiting = call.state is State.AWAITING_START
-        effects = call.on_text(text, now)
-        if awaiting and call.state is not State.AWAITING_START and call.end_reason is None:
-            # Started: the call id is known. An older socket with the same id is
-            # ended first, so its CallEnded precedes this CallStarted on the bus.
-            node.call_started(self)
-        self._run(effects)
+        self._run(call.on_text(payload.decode("utf-8"), now))
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         call = self.call
         if call is None:
             return  # the handshake was refused
-        node = self.factory.node
-        now = node.clock.seconds()
+        f = self.factory
+        now = f.clock.seconds()
         effects: list[m.Effect] = []
         if self.failedByMe and not self._closing_by_core:
             # Autobahn refused a frame itself (too big, bad UTF-8, bad framing).
@@ -197,17 +212,17 @@ class ProviderProtocol(WebSocketServerProtocol):
             if dc.active():
                 dc.cancel()
         self._timers.clear()
-        node.socket_closed(self)
+        f.host.socket_closed(self)
 
     # --- from the node ------------------------------------------------------------
 
     def command(self, cmd: m.Command) -> None:
         if self.call is not None and self._can_send:
-            self._run(self.call.on_command(cmd, self.factory.node.clock.seconds()))
+            self._run(self.call.on_command(cmd, self.factory.clock.seconds()))
 
     def end(self, reason: m.EndReason, detail: str, code: int) -> None:
         if self.call is not None:
-            self._run(self.call.end(reason, detail, code, self.factory.node.clock.seconds()))
+            self._run(self.call.end(reason, detail, code, self.factory.clock.seconds()))
 
     @property
     def _can_send(self) -> bool:
@@ -219,24 +234,28 @@ class ProviderProtocol(WebSocketServerProtocol):
     # --- effects --------------------------------------------------------------------
 
     def _run(self, effects: list[m.Effect]) -> None:
-        node = self.factory.node
+        f = self.factory
         for e in effects:
             if isinstance(e, m.Publish):
-                node.publish(e.record)
+                f.host.publish(e.record)
             elif isinstance(e, m.SendText):
                 self._send_text(e.text.encode())
             elif isinstance(e, m.PublishOutbound):
-                node.bus.publish_outbound(e.record)
+                f.host.publish_outbound(e.record)
             elif isinstance(e, m.SetTimer):
                 dc = self._timers.get(e.name)
                 if dc is not None and dc.active():
                     dc.reset(e.delay)
                 else:
-                    self._timers[e.name] = node.clock.callLater(e.delay, self._fire, e.name)
+                    self._timers[e.name] = f.clock.callLater(e.delay, self._fire, e.name)
             elif isinstance(e, m.CancelTimer):
                 dc = self._timers.pop(e.name, None)
                 if dc is not None and dc.active():
                     dc.cancel()
+            elif isinstance(e, m.CallIdentified):
+                # Before the CallStarted that follows: the host ends an older socket
+                # of the same call id first, so its CallEnded precedes this start.
+                f.host.call_started(self)
             elif isinstance(e, m.CloseSocket):
                 self._closing_by_core = True
                 log.info("call {call_id}: closing socket ({code} {reason})",
@@ -254,40 +273,49 @@ class ProviderProtocol(WebSocketServerProtocol):
         """
         if self.state != self.STATE_OPEN:
             return
-        node = self.factory.node
+        f = self.factory
         watch = self._write_watch
         if watch.paused:
             watch.written_while_paused += len(data)
-            limit = node.config.max_write_buffer_bytes
+            limit = f.config.max_write_buffer_bytes
             if watch.written_while_paused > limit and self.call is not None:
                 detail = f"provider stopped reading: over {limit} bytes waiting to be sent"
                 log.warn("call {call_id}: {why}", call_id=self.call.call_id, why=detail)
-                node.metrics.sockets_not_reading.inc()
+                f.metrics.sockets_not_reading.inc()
                 self._run(self.call.end(m.EndReason.PROTOCOL_ERROR, detail,
-                                        CloseCode.NOT_READING, node.clock.seconds()))
+                                        CloseCode.NOT_READING, f.clock.seconds()))
                 # Its close frame would wait behind what it does not read.
                 self.transport.abortConnection()
                 return
         self.sendFrame(opcode=1, payload=data)
-        node.metrics.frames_out.inc()
-        node.metrics.bytes_out.inc(len(data))
+        f.metrics.frames_out.inc()
+        f.metrics.bytes_out.inc(len(data))
 
     def _fire(self, name: str) -> None:
         self._timers.pop(name, None)
         if self.call is not None and self._can_send:
-            self._run(self.call.on_timer(name, self.factory.node.clock.seconds()))
+            self._run(self.call.on_timer(name, self.factory.clock.seconds()))
 
 
 class ProviderFactory(WebSocketServerFactory):
     protocol = ProviderProtocol
 
-    def __init__(self, node: Node, url: str = "ws://0.0.0.0") -> None:
+    def __init__(self, config: NodeConfig, *, clock: Any, metrics: Metrics, host: CallHost,
+                 budget: AudioBudget, handshake_clock: Any = None,
+                 url: str = "ws://0.0.0.0") -> None:
+        """``clock`` runs the calls' timers; ``handshake_clock``, if given, Autobahn's own
+        (opening and closing handshake timeouts), which otherwise use the global reactor."""
         # server=None: no Server header naming Autobahn and its version.
         super().__init__(url, server=None)
         self.noisy = False  # no "Starting/Stopping factory" lines
-        self.node = node
+        self.config, self.clock, self.metrics = config, clock, metrics
+        self.host, self.budget = host, budget
+        if handshake_clock is not None:
+            # Autobahn keeps its timers in a private batched timer built on the global
+            # reactor; this one place replaces it.
+            self._batched_timer = _ClockTimer(handshake_clock)
         self.connections = 0
-        c = node.config
+        c = config
         self._networks = c.allowed_networks
         self.setProtocolOptions(
             maxFramePayloadSize=c.max_frame_bytes,
@@ -310,13 +338,13 @@ class ProviderFactory(WebSocketServerFactory):
     def buildProtocol(self, addr: IAddress) -> ProviderProtocol | None:  # type: ignore[override]
         """At TCP accept, before any byte is read: the allow-list and the connection cap.
         Returning None makes Twisted close the connection at once."""
-        metrics = self.node.metrics
+        metrics = self.metrics
         if self._networks and not _allowed(addr, self._networks):
             metrics.sockets_refused.labels("address not allowed").inc()
             log.warn("refused connection from {peer}: address not allowed",
                      peer=printable(str(getattr(addr, "host", addr))))
             return None
-        c = self.node.config
+        c = self.config
         if self.connections >= c.max_sockets + c.max_awaiting_start:
             metrics.sockets_refused.labels("connection limit").inc()
             return None
@@ -325,6 +353,16 @@ class ProviderFactory(WebSocketServerFactory):
         proto._counted = True
         self.connections += 1
         return proto
+
+
+class _ClockTimer:
+    """Autobahn's batched-timer interface (``call_later``) on a clock of our choosing."""
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+
+    def call_later(self, delay: float, func: Any, *args: Any, **kw: Any) -> Any:
+        return self._clock.callLater(delay, func, *args, **kw)
 
 
 def _allowed(addr: IAddress, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]

@@ -2,28 +2,25 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
+from prometheus_client import CollectorRegistry
 from prometheus_client.twisted import MetricsResource
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
-
-if TYPE_CHECKING:
-    from gateway.node import Node
 
 
 class _Check(Resource):
     isLeaf = True
 
-    def __init__(self, node: Node, ready: bool) -> None:
+    def __init__(self, ok: Callable[[], bool]) -> None:
         super().__init__()
-        self._node = node
-        self._ready = ready
+        self._ok = ok
 
     def render_GET(self, request: Request) -> bytes:
         # Healthy: the process serves. Ready: it accepts calls (not draining),
         # so a load balancer should send it new calls.
-        ok = self._node.ready if self._ready else True
+        ok = self._ok()
         request.setResponseCode(200 if ok else 503)
         request.setHeader(b"content-type", b"text/plain")
         return b"ok\n" if ok else b"not ready\n"
@@ -34,11 +31,12 @@ class _QuietSite(Site):
         """Scrapes every few seconds would drown the call log; no access log here."""
 
 
-def status_site(node: Node) -> Site:
+def status_site(ready: Callable[[], bool], registry: CollectorRegistry) -> Site:
+    """/metrics from ``registry``; /healthz always ok while serving; /readyz as ``ready``."""
     root = Resource()
-    root.putChild(b"metrics", MetricsResource(registry=node.metrics.registry))
-    root.putChild(b"healthz", _Check(node, ready=False))
-    root.putChild(b"readyz", _Check(node, ready=True))
+    root.putChild(b"metrics", MetricsResource(registry=registry))
+    root.putChild(b"healthz", _Check(lambda: True))
+    root.putChild(b"readyz", _Check(ready))
     site = _QuietSite(root)
     site.noisy = False
     return site

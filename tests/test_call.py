@@ -185,8 +185,9 @@ def test_valid_start_publishes_call_started_and_swaps_start_timer_for_idle(
     text = _read(start)
     effects = call.on_text(text, T0)
     assert effects[0] == m.CancelTimer(START_TIMER)
-    assert effects[2] == m.SetTimer(IDLE_TIMER, 42.0)
-    assert len(effects) == 3
+    assert effects[1] == m.CallIdentified(call_id)
+    assert effects[3] == m.SetTimer(IDLE_TIMER, 42.0)
+    assert len(effects) == 4
     (rec,) = _published(effects)
     assert (rec.call_id, rec.record_seq, rec.at) == (call_id, 0, T0)
     body = rec.body

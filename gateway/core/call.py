@@ -331,6 +331,7 @@ class Call:
         self._aggregate_samples = self._s.aggregate_ms * start.sample_rate // 1000
         effects: list[m.Effect] = [
             m.CancelTimer(START_TIMER),
+            m.CallIdentified(self.call_id),
             self._record(now, m.CallStarted(start, self._reply_topic, self._request_path)),
         ]
         if self._s.idle_timeout_s > 0:

@@ -252,10 +252,20 @@ class CancelTimer:
 
 
 @dataclass(frozen=True)
+class CallIdentified:
+    """The start message named the call. Comes before its CallStarted: the node registers
+    the call there, ending an older socket with the same id first, so that the older
+    call's CallEnded precedes this call's CallStarted on the bus."""
+
+    call_id: str
+
+
+@dataclass(frozen=True)
 class CloseSocket:
     code: int
     reason: str
 
 
-Effect = SendText | Publish | PublishOutbound | SetTimer | CancelTimer | CloseSocket
+Effect = (SendText | Publish | PublishOutbound | SetTimer | CancelTimer | CloseSocket
+          | CallIdentified)
 

@@ -1,8 +1,5 @@
-"""Test doubles and harness pieces shipped with the product (as ``treq.testing`` is).
-
-For the project's own end-to-end tests and benchmarks, and for bot authors
-who want to test against a real broker: a reader of the inbound topic that
-groups records by call, and a sender of commands.
+"""Broker-backed harness pieces: readers of the call topics that group records by call,
+and a sender of commands as a bot sends them. Public aiokafka APIs only.
 """
 
 from __future__ import annotations
@@ -14,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from gateway import records, topics
 from gateway.core import model as m
@@ -37,21 +35,30 @@ class TopicReader:
         self._changed = asyncio.Event()
 
     async def start(self) -> None:
+        parts = await self._partitions(timeout=30)
         c = self._consumer = AIOKafkaConsumer(bootstrap_servers=self._bootstrap,
                                               enable_auto_commit=False)
         await c.start()
-        parts = c.partitions_for_topic(self.topic)
-        deadline = time.monotonic() + 30
-        while not parts:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topic {self.topic} does not exist")
-            await asyncio.sleep(0.2)
-            await c._client.force_metadata_update()
-            parts = c.partitions_for_topic(self.topic)
         tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
         c.assign(tps)
         await c.seek_to_beginning(*tps)
         self._task = asyncio.ensure_future(self._loop())
+
+    async def _partitions(self, timeout: float) -> list[int]:
+        """The topic's partitions, waiting for a node to create it."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap)
+        await admin.start()
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                (desc,) = await admin.describe_topics([self.topic])
+                if desc["error_code"] == 0 and desc["partitions"]:
+                    return [p["partition"] for p in desc["partitions"]]
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"topic {self.topic} does not exist")
+                await asyncio.sleep(0.2)
+        finally:
+            await admin.close()
 
     async def _loop(self) -> None:
         assert self._consumer is not None

@@ -1,0 +1,24 @@
+"""Test doubles and harness pieces shipped with the product (as ``treq.testing`` is).
+
+In memory (no broker, no socket): ``RecordingBus`` and ``node_in_memory`` for a
+node whose edges are recorded, ``FakeProvider`` for a provider socket driven
+through Autobahn's real handshake. Against a real broker: ``InboundReader`` and
+``OutboundReader`` group a topic's records by call, ``CommandSender`` sends
+commands as a bot does.
+"""
+
+from gateway.testing.broker import CommandSender, InboundReader, OutboundReader, TopicReader
+from gateway.testing.memory import RecordingBus, node_in_memory
+from gateway.testing.provider import FakeProvider, client_frame, parse_server_frames
+
+__all__ = [
+    "CommandSender",
+    "FakeProvider",
+    "InboundReader",
+    "OutboundReader",
+    "RecordingBus",
+    "TopicReader",
+    "client_frame",
+    "node_in_memory",
+    "parse_server_frames",
+]
