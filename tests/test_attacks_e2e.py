@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from test_end_to_end import in_twisted, reading
 
 from gateway import topics
 from gateway.core import model as m
+from gateway.ports import free_port
 from gateway.records import encode_command, playback_kind
 from gateway.testing import InboundReader
 
@@ -42,11 +42,6 @@ ABSURD_RATES = [1, 3, 7, 4294967295, 0, 2, 5, 9, 11, 13, 17, 19, 23, 29, 31, 37,
                 53, 59, 100, 1000, 4000, 7999, 8001, 15999, 16001, 47999, 48001, 65535, 65536,
                 96000, 192000, 2**31 - 1, 2**31, 2**32 - 2, 123456789, 999999999, 3000000000]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_kb(pid: int) -> int | None:

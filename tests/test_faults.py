@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from twisted.internet import reactor
 from gateway.core import model as m
 from gateway.localkafka import LocalKafka, LocalKafkaCluster
 from gateway.node import Node
+from gateway.ports import free_port
 from gateway.testing import CommandSender, InboundReader
 
 pytestmark = pytest.mark.broker
@@ -41,11 +41,6 @@ def own_kafka() -> Iterator[LocalKafka]:
         os.kill(kafka.pid, signal.SIGCONT)
     kafka.stop()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def check_call_complete(recs: list[Any], frames_sent: int, gapless: bool = True) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -21,6 +20,7 @@ from test_end_to_end import PATH, in_twisted, reading
 
 from gateway.core import model as m
 from gateway.lease import LOST_SEQ
+from gateway.ports import free_port
 from gateway.records import end_reason
 from gateway.testing import InboundReader
 
@@ -32,11 +32,6 @@ CALLS = 3
 # Round trips to the broker on a loaded 2-core machine: claim, read back, ends, settle.
 SLACK_S = 2.0
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Proc:

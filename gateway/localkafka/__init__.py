@@ -34,6 +34,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from gateway.ports import free_ports
+
 __all__ = [
     "KAFKA_VERSION",
     "LocalKafka",
@@ -179,20 +181,9 @@ def _new_cluster_id() -> str:
 
 
 def _free_ports(preferred: int | None) -> tuple[int, int]:
-    """A broker port (`preferred` if it is free) and a controller port, both unused on 127.0.0.1."""
-    held: list[socket.socket] = []
-    try:
-        for want in (preferred or 0, 0):
-            s = socket.socket()
-            held.append(s)  # held open so the second pick cannot return the first
-            try:
-                s.bind(("127.0.0.1", want))
-            except OSError:
-                s.bind(("127.0.0.1", 0))
-        return held[0].getsockname()[1], held[1].getsockname()[1]
-    finally:
-        for s in held:
-            s.close()
+    """A broker port (`preferred` if it is free) and a controller port, both unused."""
+    broker, controller = free_ports(2, preferred)
+    return broker, controller
 
 
 def _alive(pid: int) -> bool:

@@ -22,13 +22,14 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+
+from gateway.ports import free_ports
 
 from . import (
     _BOOTSTRAP_FILE,
@@ -135,20 +136,6 @@ class _Node:
                 return False
             time.sleep(0.05)
         return True
-
-
-def _free_ports(count: int) -> list[int]:
-    """`count` distinct ports unused on 127.0.0.1."""
-    held: list[socket.socket] = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            held.append(s)  # held open so no pick repeats an earlier one
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in held]
-    finally:
-        for s in held:
-            s.close()
 
 
 class LocalKafkaCluster:
@@ -267,7 +254,7 @@ class LocalKafkaCluster:
             (self.data_dir / CLUSTER_FILE).write_text(f"{self.brokers}\n")
             for old in self.data_dir.glob("broker-*"):
                 shutil.rmtree(old, ignore_errors=True)
-            ports = _free_ports(2 * self.brokers)
+            ports = free_ports(2 * self.brokers)
             for node in self._nodes:
                 node.port, node.controller_port = ports[2 * node.index : 2 * node.index + 2]
                 node.dir.mkdir()
