@@ -12,18 +12,18 @@ from dataclasses import dataclass, field
 
 from gateway import topics
 from gateway.core.call import CallSettings
-from gateway.core.commands import CommandLimits
 from gateway.core.knowlarity import AudioContentType, largest_play_frame_bytes
-from gateway.core.playout import PlayoutSettings
 from gateway.settings import (
     Setting,
     SettingError,
     add_settings,
     boolean,
+    build,
     choice,
     non_negative,
     positive,
     resolve,
+    with_defaults,
 )
 
 
@@ -56,120 +56,143 @@ def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
     return tuple(ipaddress.ip_network(p, strict=False) for p in parts if p)
 
 
-NODE_SETTINGS: tuple[Setting, ...] = (
-    Setting("listen", "KGW_LISTEN", "tcp:8080",
+# Each setting once: flag and variable, help, parser, and where it goes in NodeConfig.
+# Defaults come from the config classes themselves (None), except where the
+# default is not a config value (the host name, a file to read).
+_DECLARED: tuple[Setting, ...] = (
+    Setting("listen", "KGW_LISTEN", None,
             "Twisted endpoint the provider connects to (e.g. tcp:8080, ssl:8443:privateKey=...)"),
-    Setting("kafka", "KGW_KAFKA", "127.0.0.1:9092", "Kafka bootstrap servers, comma-separated"),
+    Setting("kafka", "KGW_KAFKA", None, "Kafka bootstrap servers, comma-separated"),
     Setting("node_id", "KGW_NODE_ID", "",
             "this node's id (empty: the host name); names its commands topic, so keep it "
             "stable across restarts",
             _node_id),
-    Setting("topic_prefix", "KGW_TOPIC_PREFIX", "knowlarity", "prefix of every topic name",
+    Setting("topic_prefix", "KGW_TOPIC_PREFIX", None, "prefix of every topic name",
             lambda t: topics.check_name_part("topic prefix", t)),
-    Setting("paths", "KGW_PATHS", "/vaani/knowlarity/setup-call-streams,/knowlarity-stream",
+    Setting("paths", "KGW_PATHS", None,
             "accepted WebSocket paths (any prefix allowed before them; a further last segment "
             "is taken as the call id)", _paths),
-    Setting("auth_token", "KGW_AUTH_TOKEN", "",
+    Setting("auth_token", "KGW_AUTH_TOKEN", None,
             "if set, sockets must carry it as ?token= or 'Authorization: Bearer' (never logged)"),
     Setting("auth_token_file", "KGW_AUTH_TOKEN_FILE", "",
             "read the token from this file instead (trimmed); wins over --auth-token"),
-    Setting("allow_from", "KGW_ALLOW_FROM", "",
+    Setting("allow_from", "KGW_ALLOW_FROM", None,
             "if set, comma-separated CIDRs the provider may connect from (checked at TCP accept)",
             _networks),
-    Setting("allow_unauthenticated", "KGW_ALLOW_UNAUTHENTICATED", "false",
+    Setting("allow_unauthenticated", "KGW_ALLOW_UNAUTHENTICATED", None,
             "with neither a token nor --allow-from, accept sockets from any address (otherwise "
             "loopback only)", boolean),
-    Setting("metrics_listen", "KGW_METRICS_LISTEN", "tcp:9100",
+    Setting("metrics_listen", "KGW_METRICS_LISTEN", None,
             "endpoint for /metrics, /healthz and /readyz; empty to disable"),
-    Setting("max_frame_bytes", "KGW_MAX_FRAME_BYTES", "196608",
+    Setting("max_frame_bytes", "KGW_MAX_FRAME_BYTES", None,
             "largest frame or message accepted from the provider (closed with 1009 above)",
             positive(int)),
-    Setting("max_request_bytes", "KGW_MAX_REQUEST_BYTES", "16384",
+    Setting("max_request_bytes", "KGW_MAX_REQUEST_BYTES", None,
             "largest HTTP upgrade request (request line and headers); 431 above", positive(int)),
-    Setting("max_sockets", "KGW_MAX_SOCKETS", "200",
+    Setting("max_sockets", "KGW_MAX_SOCKETS", None,
             "most provider connections at once (handshaking or live); 503 or refused above",
             positive(int)),
-    Setting("max_awaiting_start", "KGW_MAX_AWAITING_START", "50",
+    Setting("max_awaiting_start", "KGW_MAX_AWAITING_START", None,
             "most sockets still waiting for their start message; 503 above", positive(int)),
-    Setting("max_write_buffer_bytes", "KGW_MAX_WRITE_BUFFER_BYTES", "262144",
+    Setting("max_write_buffer_bytes", "KGW_MAX_WRITE_BUFFER_BYTES", None,
             "bytes queued for a provider that stopped reading before its socket is closed (4004)",
             positive(int)),
-    Setting("max_frames_per_s", "KGW_MAX_FRAMES_PER_S", "250",
+    Setting("max_frames_per_s", "KGW_MAX_FRAMES_PER_S", None,
             "sustained binary frames per second from one socket (of any size, even empty); 1008 "
-            "above", positive(_finite)),
-    Setting("frame_burst", "KGW_FRAME_BURST", "1000",
-            "binary frames a socket may send above that rate in a burst", positive(int)),
-    Setting("max_audio_speed", "KGW_MAX_AUDIO_SPEED", "3",
+            "above", positive(_finite),
+            path="call.max_frames_per_s"),
+    Setting("frame_burst", "KGW_FRAME_BURST", None,
+            "binary frames a socket may send above that rate in a burst", positive(int),
+            path="call.frame_burst"),
+    Setting("max_audio_speed", "KGW_MAX_AUDIO_SPEED", None,
             "caller audio faster than this multiple of real time, beyond the burst, is closed "
-            "with 1008", positive(_finite)),
-    Setting("audio_burst_s", "KGW_AUDIO_BURST_S", "10",
+            "with 1008", positive(_finite),
+            path="call.max_audio_speed"),
+    Setting("audio_burst_s", "KGW_AUDIO_BURST_S", None,
             "seconds of caller audio a socket may send ahead of that speed (after a stall)",
-            positive(_finite)),
-    Setting("max_text_frames_per_s", "KGW_MAX_TEXT_FRAMES_PER_S", "20",
+            positive(_finite),
+            path="call.audio_burst_allowance_s"),
+    Setting("max_text_frames_per_s", "KGW_MAX_TEXT_FRAMES_PER_S", None,
             "sustained text frames per second after the start message (burst 100); 1008 above",
-            positive(_finite)),
-    Setting("start_timeout_s", "KGW_START_TIMEOUT_S", "10",
-            "time the provider has to send the start message", positive(_finite)),
-    Setting("ending_timeout_s", "KGW_ENDING_TIMEOUT_S", "10",
-            "time the provider has to close after a hang-up/transfer", positive(_finite)),
-    Setting("idle_timeout_s", "KGW_IDLE_TIMEOUT_S", "60",
+            positive(_finite),
+            path="call.max_text_frames_per_s"),
+    Setting("start_timeout_s", "KGW_START_TIMEOUT_S", None,
+            "time the provider has to send the start message", positive(_finite),
+            path="call.start_timeout_s"),
+    Setting("ending_timeout_s", "KGW_ENDING_TIMEOUT_S", None,
+            "time the provider has to close after a hang-up/transfer", positive(_finite),
+            path="call.ending_timeout_s"),
+    Setting("idle_timeout_s", "KGW_IDLE_TIMEOUT_S", None,
             "end a call after this long without any frame from the provider (0: never)",
-            non_negative(_finite)),
-    Setting("aggregate_ms", "KGW_AGGREGATE_MS", "0",
+            non_negative(_finite),
+            path="call.idle_timeout_s"),
+    Setting("aggregate_ms", "KGW_AGGREGATE_MS", None,
             "caller audio per inbound record (0: one record per frame); saves CPU, adds up to "
-            "this much latency", non_negative(int)),
-    Setting("audio_content_type", "KGW_AUDIO_CONTENT_TYPE", "wave",
-            "playAudio encoding: wave (documented) or raw", choice("wave", "raw")),
-    Setting("kill_audio_on_clear", "KGW_KILL_AUDIO_ON_CLEAR", "false",
-            "also send the undocumented killAudio frame on clear", boolean),
-    Setting("playout_paced", "KGW_PLAYOUT_PACED", "true",
-            "hold bot audio and release it paced to real time (off: send at once)", boolean),
-    Setting("playout_clip_ms", "KGW_PLAYOUT_CLIP_MS", "200",
-            "largest clip of bot audio in one playAudio frame", positive(int)),
-    Setting("playout_lead_ms", "KGW_PLAYOUT_LEAD_MS", "300",
-            "how far ahead of real time bot audio is sent", non_negative(int)),
-    Setting("playout_max_call_bytes", "KGW_PLAYOUT_MAX_CALL_BYTES", "2097152",
+            "this much latency", non_negative(int),
+            path="call.aggregate_ms"),
+    Setting("audio_content_type", "KGW_AUDIO_CONTENT_TYPE", None,
+            "playAudio encoding: wave (documented) or raw",
+            lambda t: AudioContentType(choice("wave", "raw")(t)),
+            path="call.content_type"),
+    Setting("kill_audio_on_clear", "KGW_KILL_AUDIO_ON_CLEAR", None,
+            "also send the undocumented killAudio frame on clear", boolean,
+            path="call.kill_audio_on_clear"),
+    Setting("playout_paced", "KGW_PLAYOUT_PACED", None,
+            "hold bot audio and release it paced to real time (off: send at once)", boolean,
+            path="call.playout.paced"),
+    Setting("playout_clip_ms", "KGW_PLAYOUT_CLIP_MS", None,
+            "largest clip of bot audio in one playAudio frame", positive(int),
+            path="call.playout.clip_ms"),
+    Setting("playout_lead_ms", "KGW_PLAYOUT_LEAD_MS", None,
+            "how far ahead of real time bot audio is sent", non_negative(int),
+            path="call.playout.lead_ms"),
+    Setting("playout_max_call_bytes", "KGW_PLAYOUT_MAX_CALL_BYTES", None,
             "bot audio held per call, in bytes after conversion to the call's rate; a play "
-            "beyond it is rejected", positive(int)),
-    Setting("playout_node_bytes", "KGW_PLAYOUT_NODE_BYTES", "100663296",
+            "beyond it is rejected", positive(int),
+            path="call.playout.max_call_bytes"),
+    Setting("playout_node_bytes", "KGW_PLAYOUT_NODE_BYTES", None,
             "bot audio held by all calls of the node together; a play beyond it is rejected",
             positive(int)),
-    Setting("max_play_bytes", "KGW_MAX_PLAY_BYTES", "1048576",
-            "largest PCM payload of one play command", positive(int)),
-    Setting("max_marks", "KGW_MAX_MARKS", "256",
-            "marks, hang-ups and transfers waiting in one call's playout queue", positive(int)),
-    Setting("max_name_chars", "KGW_MAX_NAME_CHARS", "128",
-            "longest mark name, transfer parameter key or value, command id", positive(int)),
-    Setting("max_transfer_params", "KGW_MAX_TRANSFER_PARAMS", "16",
-            "most parameters in one transfer command", positive(int)),
-    Setting("buffer_bytes", "KGW_BUFFER_BYTES", "67108864",
+    Setting("max_play_bytes", "KGW_MAX_PLAY_BYTES", None,
+            "largest PCM payload of one play command", positive(int),
+            path="call.commands.max_play_bytes"),
+    Setting("max_marks", "KGW_MAX_MARKS", None,
+            "marks, hang-ups and transfers waiting in one call's playout queue", positive(int),
+            path="call.playout.max_markers"),
+    Setting("max_name_chars", "KGW_MAX_NAME_CHARS", None,
+            "longest mark name, transfer parameter key or value, command id", positive(int),
+            path="call.commands.max_name_chars"),
+    Setting("max_transfer_params", "KGW_MAX_TRANSFER_PARAMS", None,
+            "most parameters in one transfer command", positive(int),
+            path="call.commands.max_transfer_params"),
+    Setting("buffer_bytes", "KGW_BUFFER_BYTES", None,
             "records held while Kafka is unreachable (or in flight); beyond, oldest dropped and "
             "reported", positive(int)),
-    Setting("buffer_max_s", "KGW_BUFFER_MAX_S", "600",
+    Setting("buffer_max_s", "KGW_BUFFER_MAX_S", None,
             "oldest record the buffer keeps while Kafka is away, in seconds; older ones are "
             "dropped and reported (0: bytes only)", non_negative(_finite)),
-    Setting("buffer_call_share_bytes", "KGW_BUFFER_CALL_SHARE_BYTES", "4194304",
+    Setting("buffer_call_share_bytes", "KGW_BUFFER_CALL_SHARE_BYTES", None,
             "most of the buffer one call may hold; beyond, that call's own oldest records go "
             "first", positive(int)),
-    Setting("linger_ms", "KGW_LINGER_MS", "5", "producer linger (batching delay)",
+    Setting("linger_ms", "KGW_LINGER_MS", None, "producer linger (batching delay)",
             non_negative(int)),
-    Setting("inbound_partitions", "KGW_INBOUND_PARTITIONS", "12",
+    Setting("inbound_partitions", "KGW_INBOUND_PARTITIONS", None,
             "partitions when the node creates the inbound/outbound topics", positive(int)),
-    Setting("replication_factor", "KGW_REPLICATION_FACTOR", "1",
+    Setting("replication_factor", "KGW_REPLICATION_FACTOR", None,
             "replication factor when the node creates topics", positive(int)),
-    Setting("min_insync_replicas", "KGW_MIN_INSYNC_REPLICAS", "1",
+    Setting("min_insync_replicas", "KGW_MIN_INSYNC_REPLICAS", None,
             "min.insync.replicas of the topics the node creates (2 with replication 3: a "
             "record is acknowledged once two brokers hold it)", positive(int)),
-    Setting("max_command_age_s", "KGW_MAX_COMMAND_AGE_S", "30",
+    Setting("max_command_age_s", "KGW_MAX_COMMAND_AGE_S", None,
             "commands sent longer ago than this (by their sent_unix_us) are rejected, not played "
             "late (0: no limit)", non_negative(_finite)),
-    Setting("lease_s", "KGW_LEASE_S", "10",
+    Setting("lease_s", "KGW_LEASE_S", None,
             "node lease on the nodes topic: heartbeats every third of it; a node silent this "
             "long (plus the margin) has its calls ended NODE_LOST by a peer", positive(_finite)),
-    Setting("lease_margin_s", "KGW_LEASE_MARGIN_S", "5",
+    Setting("lease_margin_s", "KGW_LEASE_MARGIN_S", None,
             "extra time past an expired lease before a peer ends the node's calls",
             non_negative(_finite)),
-    Setting("drain_timeout_s", "KGW_DRAIN_TIMEOUT_S", "30",
+    Setting("drain_timeout_s", "KGW_DRAIN_TIMEOUT_S", None,
             "on shutdown, how long live calls may go on before they are ended",
             non_negative(_finite)),
 )
@@ -239,38 +262,13 @@ class NodeConfig:
     def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None
                   ) -> NodeConfig:
         v = resolve(args, NODE_SETTINGS, env)
-        call = CallSettings(
-            start_timeout_s=v.pop("start_timeout_s"),
-            ending_timeout_s=v.pop("ending_timeout_s"),
-            idle_timeout_s=v.pop("idle_timeout_s"),
-            aggregate_ms=v.pop("aggregate_ms"),
-            content_type=AudioContentType(v.pop("audio_content_type")),
-            kill_audio_on_clear=v.pop("kill_audio_on_clear"),
-            max_frames_per_s=v.pop("max_frames_per_s"),
-            frame_burst=v.pop("frame_burst"),
-            max_audio_speed=v.pop("max_audio_speed"),
-            audio_burst_allowance_s=v.pop("audio_burst_s"),
-            max_text_frames_per_s=v.pop("max_text_frames_per_s"),
-            playout=PlayoutSettings(
-                paced=v.pop("playout_paced"),
-                clip_ms=v.pop("playout_clip_ms"),
-                lead_ms=v.pop("playout_lead_ms"),
-                max_call_bytes=v.pop("playout_max_call_bytes"),
-                max_markers=v.pop("max_marks"),
-            ),
-            commands=CommandLimits(
-                max_play_bytes=v.pop("max_play_bytes"),
-                max_name_chars=v.pop("max_name_chars"),
-                max_transfer_params=v.pop("max_transfer_params"),
-            ),
-        )
         token_file = v.pop("auth_token_file")
         if token_file:
             v["auth_token"] = _read_token(token_file)
         v["auth_token"] = v["auth_token"].strip()
         if not v["kafka"].strip():
             raise SettingError("bad value for --kafka / KGW_KAFKA: empty")
-        config = cls(call=call, **v)
+        config: NodeConfig = build(cls(), v, NODE_SETTINGS)
         config.check()
         return config
 
@@ -298,6 +296,8 @@ class NodeConfig:
 
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+NODE_SETTINGS: tuple[Setting, ...] = with_defaults(_DECLARED, NodeConfig())
 
 
 def _read_token(path: str) -> str:

@@ -8,9 +8,11 @@ naming the setting (flag and variable), not deep inside a call.
 from __future__ import annotations
 
 import argparse
+import enum
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from operator import attrgetter
 from typing import Any
 
 
@@ -20,16 +22,59 @@ class SettingError(ValueError):
 
 @dataclass(frozen=True)
 class Setting:
-    name: str  # attribute name on the parsed namespace / config object
+    name: str  # the flag's name, and the key in the resolved values
     env: str
-    # As a user would write it; parsed like any given value.
-    default: str
+    # As a user would write it; parsed like any given value. None: the config
+    # object's own default at ``path`` (see ``with_defaults``), so it is written once.
+    default: str | None
     help: str
     parse: Callable[[str], Any] = str
+    # Where the value goes in the config tree ("call.playout.clip_ms"); empty: ``name``.
+    path: str = ""
 
     @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
+
+    @property
+    def target(self) -> str:
+        return self.path or self.name
+
+
+def as_text(value: Any) -> str:
+    """A config value as a user would write it (the inverse of the parsers here)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple | list):
+        return ",".join(as_text(v) for v in value)
+    return str(value)
+
+
+def with_defaults(table: Sequence[Setting], config: Any) -> tuple[Setting, ...]:
+    """The table with every inherited default filled in from ``config``'s values."""
+    out = []
+    for s in table:
+        if s.default is None:
+            s = replace(s, default=as_text(attrgetter(s.target)(config)))
+        out.append(s)
+    return tuple(out)
+
+
+def build(config: Any, values: Mapping[str, Any], table: Sequence[Setting]) -> Any:
+    """``config`` with each setting's value placed at its path (nested frozen dataclasses)."""
+    for s in table:
+        if s.name in values:
+            config = _set(config, s.target.split("."), values[s.name])
+    return config
+
+
+def _set(obj: Any, path: list[str], value: Any) -> Any:
+    head, *rest = path
+    return replace(obj, **{head: _set(getattr(obj, head), rest, value) if rest else value})
 
 
 def boolean(text: str) -> bool:
@@ -92,6 +137,7 @@ def resolve(
         elif s.env in env:
             raw, source = env[s.env], s.env
         else:
+            assert s.default is not None, "resolve a table with_defaults filled in"
             raw, source = s.default, "the default"
         try:
             out[s.name] = s.parse(raw)
@@ -104,6 +150,6 @@ def markdown_table(table: Sequence[Setting]) -> str:
     """The README's configuration table, generated so it cannot drift."""
     rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
     for s in table:
-        shown = f"`{s.default}`" if s.default else "(empty)"
+        shown = f"`{s.default}`" if s.default else "(empty)"  # with_defaults filled in
         rows.append(f"| `{s.flag}` | `{s.env}` | {shown} | {s.help} |")
     return "\n".join(rows)

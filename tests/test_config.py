@@ -44,7 +44,6 @@ def test_defaults_when_nothing_is_given():
     assert (s.audio_burst_allowance_s, s.max_text_frames_per_s) == (10.0, 20.0)
     k = s.commands
     assert (k.max_play_bytes, k.max_name_chars, k.max_transfer_params) == (1024 * 1024, 128, 16)
-    assert c == NodeConfig(node_id="node-7"), "the dataclass defaults are the settings' defaults"
 
 
 # (attribute path on NodeConfig, argv, environment, expected value)
@@ -225,3 +224,35 @@ def test_with_no_token_and_no_allow_list_only_loopback_may_connect(env, allowed,
     c = _config([], {**NODE, **env})
     assert tuple(str(n) for n in c.allowed_networks) == allowed
     assert c.protected_mode is protected
+
+
+def test_every_setting_lands_at_its_path_in_the_config():
+    """Each setting given a non-default value changes exactly its own place in the tree."""
+    from gateway.config import NODE_SETTINGS
+    from gateway.settings import as_text
+
+    base = _config([], dict(NODE))
+    odd = {"audio_content_type": "raw", "paths": "/x", "allow_from": "10.9.0.0/16",
+           "kafka": "k:1", "listen": "tcp:1", "topic_prefix": "p", "metrics_listen": "",
+           "auth_token": "t"}
+    for s in NODE_SETTINGS:
+        if s.name in ("node_id", "auth_token_file"):
+            continue
+        current = operator.attrgetter(s.target)(base)
+        if s.name in odd:
+            text = odd[s.name]
+        elif isinstance(current, bool):
+            text = as_text(not current)
+        else:
+            text = as_text(current * 2 if current else 1)
+        env = {**NODE, s.env: text}
+        if s.name == "buffer_call_share_bytes":
+            env["KGW_BUFFER_BYTES"] = str(10 * 1024 * 1024 * 1024)
+        if s.name == "playout_max_call_bytes":
+            env["KGW_PLAYOUT_NODE_BYTES"] = str(10 * 1024 * 1024 * 1024)
+        if s.name == "min_insync_replicas":
+            env["KGW_REPLICATION_FACTOR"] = "5"
+        if s.name in ("playout_clip_ms", "audio_content_type"):
+            env["KGW_MAX_WRITE_BUFFER_BYTES"] = str(64 * 1024 * 1024)
+        changed = _config([], env)
+        assert operator.attrgetter(s.target)(changed) != current, s.name
