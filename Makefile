@@ -7,10 +7,13 @@ PROTOC := $(BIN)/python -m grpc_tools.protoc
 
 .PHONY: install dev test proto proto-check lint clean bench-report
 
-$(BIN)/knowlarity-gateway: setup.cfg pyproject.toml
+# The runtime package, and beside it the bench tooling: its own project (bench/,
+# import name kgw_bench) so the runtime wheel never carries it; the bench extra
+# holds its third-party dependencies.
+$(BIN)/knowlarity-gateway: setup.cfg pyproject.toml bench/pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/pip install -q -e '.[dev,bench]' -e ./bench
 	touch $@
 
 install: $(BIN)/knowlarity-gateway
@@ -36,9 +39,9 @@ lint: $(BIN)/knowlarity-gateway
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info bench/build bench/*.egg-info
 
 # Regenerates bench/RESULTS.md, bench/results.png and bench/results.json
 # (about 30 minutes on a 2-core machine).
 bench-report: install
-	$(BIN)/python -m gateway.bench.report --out bench
+	$(BIN)/python -m kgw_bench.report --out bench

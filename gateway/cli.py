@@ -69,7 +69,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from gateway import dev, simulator
-    from gateway.bench import command as bench_command
     from gateway.bot import echo
     from gateway.config import add_node_arguments
 
@@ -99,10 +98,37 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_arguments(dev_p)
     dev_p.set_defaults(func=dev.run)
 
-    bench_p = sub.add_parser("bench", help="measure CPU, memory and latency under N calls")
+    _add_bench(sub)
+    return parser
+
+
+BENCH_MISSING = ("knowlarity-gateway bench: the benchmark tooling is not installed (it is not"
+                 " part of the runtime package); from a checkout: make install, or"
+                 " pip install -e '.[bench]' -e ./bench")
+
+
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``bench`` from a dev install; elsewhere a ``bench`` that says how to get it."""
+    help_ = "measure CPU, memory and latency under N calls"
+    try:
+        # A checkout's dev install only: the runtime wheel (and the image) has no kgw_bench.
+        from kgw_bench import command as bench_command
+    except ImportError as e:
+        why = str(e)
+        # No options and '-' not a prefix, so `bench --calls 5` also gets the message.
+        stub = sub.add_parser("bench", help=f"{help_} (not installed)", add_help=False,
+                              prefix_chars="\0")
+        stub.add_argument("ignored", nargs="*")
+        stub.set_defaults(func=lambda args: _bench_missing(why))
+        return
+    bench_p = sub.add_parser("bench", help=help_)
     bench_command.add_arguments(bench_p)
     bench_p.set_defaults(func=bench_command.run)
-    return parser
+
+
+def _bench_missing(why: str) -> int:
+    print(f"{BENCH_MISSING}\n  ({why})", file=sys.stderr)
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from gateway.bench import capacity
+from kgw_bench import capacity
 
 
 def _fake_runs(limit: int, calls_seen: list[int]) -> Any:

@@ -1,4 +1,4 @@
-"""The benchmark's ceiling servers (gateway.bench), each run as the harness runs it: a process.
+"""The benchmark's ceiling servers (kgw_bench), each run as the harness runs it: a process.
 
 Each prints ``event=ready``, does its job, and on SIGTERM (or, for
 bare_produce, by itself) prints one JSON line of counters and exits 0.
@@ -13,7 +13,6 @@ import json
 import os
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,7 @@ from websockets.asyncio.client import connect
 from gateway import records
 from gateway.core import model as m
 from gateway.core.knowlarity import HangUpFrame, PlayFrame, decode_gateway_frame, encode_start
+from gateway.ports import free_port
 
 T = TypeVar("T")
 RATE = 16000
@@ -43,12 +43,6 @@ def run_async(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
 
 class Ceiling:
     """A ceiling process whose stdout lines are collected by a thread."""
@@ -57,7 +51,7 @@ class Ceiling:
         # stderr to a file: a pipe nobody reads could fill and stall the child.
         self.err = tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", f"gateway.bench.{module}", *args], cwd=ROOT,
+            [sys.executable, "-m", f"kgw_bench.{module}", *args], cwd=ROOT,
             stdout=subprocess.PIPE, stderr=self.err, text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.stdout: list[str] = []

@@ -1,4 +1,4 @@
-"""The lean load generator (gateway.bench.loadgen) against a small in-test echo server.
+"""The lean load generator (kgw_bench.loadgen) against a small in-test echo server.
 
 The server (the ``websockets`` library) answers every binary frame with a
 ``playAudio`` frame carrying the same PCM, so every frame the generator sends
@@ -20,14 +20,15 @@ from typing import Any, TypeVar
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.http11 import Response
 
-from gateway.bench import loadgen
-from gateway.bench.loadgen import FRAME_BYTES, noise_template, run_load
 from gateway.core.knowlarity import (
     AudioContentType,
     encode_hang_up,
     encode_play_audio,
     parse_start,
 )
+from kgw_bench.loadgen import FRAME_BYTES, noise_template, run_load
+from kgw_bench.loadgen import call as calls
+from kgw_bench.loadgen.scheduler import LoadGen
 
 T = TypeVar("T")
 TEMPLATE = noise_template()
@@ -190,7 +191,7 @@ def test_command_line_spreads_calls_over_processes_and_aggregates() -> None:
     server = EchoServer()
 
     async def body(url: str) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "gateway.bench.loadgen", "--url", url, "--calls", "3",
+        cmd = [sys.executable, "-m", "kgw_bench.loadgen", "--url", url, "--calls", "3",
                "--seconds", "0.4", "--warmup", "0", "--procs", "2", "--json"]
         return await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True,
                                        timeout=30)
@@ -225,11 +226,11 @@ def test_frames_split_across_reads_fragments_pings_and_close() -> None:
     """The parser, fed 7 bytes per read: clips, a fragmented message, ping, hang-up, close."""
 
     async def scenario() -> None:
-        gen = loadgen._Gen("ws://127.0.0.1:1/x", 1, 1.0, 0.0, 0.0, 1.0, 1.0)
+        gen = LoadGen("ws://127.0.0.1:1/x", 1, 1.0, 0.0, 0.0, 1.0, 1.0)
         ours, theirs = socket.socketpair()
         ours.setblocking(False)
-        call = loadgen._Call(gen, 0)
-        call.sock, call.fd, call.state = ours, ours.fileno(), loadgen._OPEN
+        call = calls.Call(gen, 0)
+        call.sock, call.fd, call.state = ours, ours.fileno(), calls.OPEN
         stamp = time.time_ns() // 1000
         pcm = stamp.to_bytes(8, "little") + TEMPLATE[8:]
         raw_clip = encode_play_audio(pcm * 2, 16000, AudioContentType.RAW).encode()
@@ -252,10 +253,10 @@ def test_frames_split_across_reads_fragments_pings_and_close() -> None:
         assert _unmask(theirs.recv(100)) == (0x8A, b"hi")  # the pong, masked
 
         feed(_server_frame(0x81, encode_hang_up().encode()))
-        assert call.ended == loadgen.HUNG_UP and call.state == loadgen._CLOSING
+        assert call.ended == calls.HUNG_UP and call.state == calls.CLOSING
         assert _unmask(theirs.recv(100)) == (0x88, (1000).to_bytes(2, "big"))
         feed(_server_frame(0x88, (1000).to_bytes(2, "big")))
-        assert call.state == loadgen._CLOSED and call.done.done()
+        assert call.state == calls.CLOSED and call.done.done()
         assert theirs.recv(100) == b""  # the generator closed its socket
         theirs.close()
 

@@ -1,4 +1,4 @@
-"""The benchmark's stamp bot (gateway.bench.stampbot) on a real broker."""
+"""The benchmark's stamp bot (kgw_bench.stampbot) on a real broker."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from gateway import records, topics
-from gateway.bench.loadgen import noise_template
-from gateway.bench.stampbot import run_stamp_bot
 from gateway.core import model as m
 from gateway.proto.knowlarity.gateway.v1 import command_pb2
+from kgw_bench.loadgen import noise_template
+from kgw_bench.stampbot import run_stamp_bot
 
 TEMPLATE = noise_template()
 
@@ -112,7 +112,7 @@ def test_stamp_bot_command_line_says_ready_and_prints_counters(kafka_bootstrap: 
     with ThreadPoolExecutor(2) as pool:
         pool.submit(asyncio.run, _create_topics(kafka_bootstrap, topic_prefix, reply)).result()
         bot = subprocess.Popen(
-            [sys.executable, "-m", "gateway.bench.stampbot", "--kafka", kafka_bootstrap,
+            [sys.executable, "-m", "kgw_bench.stampbot", "--kafka", kafka_bootstrap,
              "--topic-prefix", topic_prefix, "--group-id", f"g-{topic_prefix}",
              "--warmup-s", "0"],
             stdout=subprocess.PIPE, text=True)

@@ -99,3 +99,38 @@ def regenerate(text: str) -> str:
 if __name__ == "__main__":
     README_PATH.write_text(regenerate(README))
     sys.exit(0)
+
+
+def _layout_rows() -> list[tuple[str, str]]:
+    section = README.split("## Layout", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and cells[0].startswith("`"):
+            rows.append((cells[0], cells[1]))
+    return rows
+
+
+def test_layout_table_names_only_what_exists() -> None:
+    """Every path the README's layout table names is in the tree."""
+    root = Path(__file__).parent.parent
+    rows = _layout_rows()
+    assert rows, "no layout table"
+    for first, _what in rows:
+        names = re.findall(r"`([^`]+)`", first)
+        base = ""
+        for name in names:
+            path = name if "/" in name or not base else base + name
+            assert (root / path.rstrip("/")).exists(), f"layout table names {path!r}"
+            if "/" in name:
+                base = name[: name.rstrip("/").rfind("/") + 1] if not name.endswith("/") else name
+
+
+def test_layout_table_covers_every_module_of_the_package() -> None:
+    """Every module and package directly under gateway/ appears in the layout table."""
+    root = Path(__file__).parent.parent / "gateway"
+    text = "\n".join(first + " " + what for first, what in _layout_rows())
+    missing = [p.name for p in sorted(root.iterdir())
+               if not p.name.startswith(("_", ".")) and p.name != "proto"
+               and (p.suffix == ".py" or p.is_dir()) and p.name.removesuffix(".py") not in text]
+    assert not missing, f"not in the README's layout table: {missing}"

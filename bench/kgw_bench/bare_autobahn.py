@@ -8,7 +8,7 @@ frame, and for every binary frame ``PcmAligner.push`` and one ``playAudio``
 frame back (``encode_play_audio``, wave) carrying the same PCM. Whatever the
 gateway costs above this is the price of the core, the bus and the playout.
 
-    python -m gateway.bench.bare_autobahn --listen tcp:PORT:interface=127.0.0.1
+    python -m kgw_bench.bare_autobahn --listen tcp:PORT:interface=127.0.0.1
 
 Prints ``event=ready`` once listening, runs until SIGTERM (or Ctrl-C), then
 prints one JSON line of counters and exits 0. ``cpu_s`` there is the process's
@@ -129,7 +129,7 @@ def build_factory(counters: Counters, paths: Sequence[str], max_frame_bytes: int
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m gateway.bench.bare_autobahn",
+    p = argparse.ArgumentParser(prog="python -m kgw_bench.bare_autobahn",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--listen", default="tcp:8080:interface=127.0.0.1",
                    help="Twisted server endpoint (default %(default)s)")

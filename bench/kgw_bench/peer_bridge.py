@@ -22,7 +22,7 @@ connection's handler), per-call send queues (commands are sent one after the
 other, so a socket that stops reading holds up the commands of every call),
 timeouts, flood limits, auth, metrics and draining.
 
-    python -m gateway.bench.peer_bridge --listen-port P --kafka HOST:PORT \
+    python -m kgw_bench.peer_bridge --listen-port P --kafka HOST:PORT \
         --topic-prefix PREFIX --node-id ID
 
 Prints ``event=ready`` once listening with its topics created and the command
@@ -295,7 +295,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m gateway.bench.peer_bridge",
+    p = argparse.ArgumentParser(prog="python -m kgw_bench.peer_bridge",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--listen-port", type=int, default=8080, help="TCP port (default 8080)")
     p.add_argument("--listen-host", default="127.0.0.1", help="address (default 127.0.0.1)")

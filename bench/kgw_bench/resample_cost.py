@@ -1,6 +1,6 @@
 """How long bot-audio conversion holds the reactor: whole commands against the pieces playout uses.
 
-    python -m gateway.bench.resample_cost [--repeat 20]
+    python -m kgw_bench.resample_cost [--repeat 20]
 
 For the largest play command (``--max-play-bytes``, 1 MiB by default) at
 every supported rate into every call rate, prints the time to convert it at

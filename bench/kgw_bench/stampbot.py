@@ -6,7 +6,7 @@ command carrying the same PCM, except that the first 8 bytes are replaced by
 the command's own ``sent_unix_us`` (int64 little-endian, read right before the
 send; ``Command.sent_unix_us`` holds the same value), to the reply topic the
 call's ``started`` record named, keyed by call id. The load generator
-(``gateway.bench.loadgen``) reads that stamp back out of the ``playAudio``
+(``kgw_bench.loadgen``) reads that stamp back out of the ``playAudio``
 frame, so its latency is bot -> Kafka -> gateway -> caller.
 
 The caller's own stamp (the load generator writes its send time into the same
@@ -22,7 +22,7 @@ aiokafka keeps one produce request in flight per broker, so while the previous
 batch is unacknowledged the loop waits before stamping the next fetch's
 commands: stamps are taken as close to the actual send as aiokafka allows.
 
-``python -m gateway.bench.stampbot --kafka HOST:PORT --topic-prefix P --group-id G``
+``python -m kgw_bench.stampbot --kafka HOST:PORT --topic-prefix P --group-id G``
 prints ``event=stampbot_ready ...`` once it holds partitions and knows their
 positions, runs until SIGTERM/SIGINT, then prints one JSON line of counters.
 """
@@ -315,7 +315,7 @@ async def run_stamp_bot(bootstrap: str, prefix: str, group_id: str, *,
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m gateway.bench.stampbot",
+    p = argparse.ArgumentParser(prog="python -m kgw_bench.stampbot",
                                 description="The benchmark's bot (see module doc).")
     p.add_argument("--kafka", required=True, help="bootstrap servers, HOST:PORT[,...]")
     p.add_argument("--topic-prefix", required=True, help="topic name prefix")

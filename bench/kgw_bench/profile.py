@@ -1,6 +1,6 @@
 """Summarise a py-spy raw profile: where the gateway's time goes.
 
-``python -m gateway.bench.profile profile-PID.txt [--top N]`` prints the
+``python -m kgw_bench.profile profile-PID.txt [--top N]`` prints the
 functions with the most samples on top of the stack (self) and anywhere in
 it (inclusive), as percentages of all samples.
 """

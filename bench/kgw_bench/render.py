@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gateway.bench.profile import summarise
+from kgw_bench.profile import summarise
 
 
 def _f(v: Any, nd: int = 1) -> str:
@@ -51,7 +51,7 @@ def render(res: dict[str, Any], argv: str) -> str:
         "warm-up. Regenerate everything on this page (figures, plot) with:",
         "",
         "```sh",
-        f"make bench-report   # = .venv/bin/python -m gateway.bench.report {argv}".rstrip(),
+        f"make bench-report   # = .venv/bin/python -m kgw_bench.report {argv}".rstrip(),
         "```",
         "",
         "One measurement: `knowlarity-gateway bench --calls N --seconds S --json`.",

@@ -10,7 +10,7 @@ One task drives all calls and awaits ``producer.send`` (the enqueue) for each
 record, as the node's drain loop does; acknowledgements are counted through
 the futures ``send`` returns.
 
-    python -m gateway.bench.bare_produce --kafka HOST:PORT --topic T --calls N --seconds S
+    python -m kgw_bench.bare_produce --kafka HOST:PORT --topic T --calls N --seconds S
 
 Prints ``event=ready`` once the producer is started, produces for S seconds
 (SIGTERM or Ctrl-C stop it early), waits for the outstanding acks and prints
@@ -179,7 +179,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m gateway.bench.bare_produce",
+    p = argparse.ArgumentParser(prog="python -m kgw_bench.bare_produce",
                                 description=__doc__.split("\n\n")[0])
     p.add_argument("--kafka", default="127.0.0.1:9092", help="bootstrap servers")
     p.add_argument("--topic", required=True, help="topic to produce to (created if missing)")

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gateway.bench.run import Load, bench_once
+from kgw_bench.run import Load, bench_once
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         args.log_dir.mkdir(parents=True, exist_ok=True)
     with broker(args.kafka) as (bootstrap, broker_pid):
         if args.capacity:
-            from gateway.bench.capacity import search
+            from kgw_bench.capacity import search
 
             log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="kgw-capacity-"))
             found = search(bootstrap, seconds=args.seconds, log_dir=log_dir,

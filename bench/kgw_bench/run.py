@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.bench.procs import Child, cpu_seconds, free_port, rss_kb
 from gateway.dev import http_ready
+from kgw_bench.procs import Child, cpu_seconds, free_port, rss_kb
 
 PATH = "/vaani/knowlarity/setup-call-streams"
 
@@ -115,7 +115,7 @@ def _wait_ready(child: Child, url: str, timeout: float = 60) -> None:
 def _loadgens(urls: list[str], load: Load, log_dir: Path, tag: str) -> list[Child]:
     per_url = [load.calls // len(urls) + (i < load.calls % len(urls)) for i in range(len(urls))]
     return [Child(f"{tag}-loadgen{i}", [
-        "-m", "gateway.bench.loadgen", "--url", url, "--calls", str(n),
+        "-m", "kgw_bench.loadgen", "--url", url, "--calls", str(n),
         "--seconds", str(load.seconds), "--warmup", str(load.ramp + load.warmup),
         "--ramp", str(load.ramp), "--procs", str(load.loadgen_procs), "--json"], log_dir)
         for i, (url, n) in enumerate(zip(urls, per_url, strict=True))]
@@ -156,14 +156,14 @@ def measure_gateway(bootstrap: str, load: Load, log_dir: Path,
             nodes.append(node)
             _wait_ready(node, f"http://127.0.0.1:{mport}/readyz")
             ports.append(port)
-        bot = Child("stampbot", ["-m", "gateway.bench.stampbot", "--kafka", bootstrap,
+        bot = Child("stampbot", ["-m", "kgw_bench.stampbot", "--kafka", bootstrap,
                                  "--topic-prefix", prefix, "--group-id", prefix + "-bot"],
                     log_dir)
         others.append(bot)
         bot.wait_for_line("event=stampbot_ready", 60)
         t0 = time.time() + 1.0  # the load generators start about now
         lo, hi = load.window
-        probe = Child("probe", ["-m", "gateway.bench.probe", "--kafka", bootstrap,
+        probe = Child("probe", ["-m", "kgw_bench.probe", "--kafka", bootstrap,
                                 "--topic", f"{prefix}.calls.inbound",
                                 "--window-start", str(t0 + lo), "--window-end", str(t0 + hi)],
                       log_dir)
@@ -224,7 +224,7 @@ def measure_bare_autobahn(load: Load, log_dir: Path) -> dict[str, Any]:
     port = free_port()
     # With aggregation the gateway's bot answers once per record: mirror that.
     every = max(1, load.aggregate_ms // 20)
-    server = Child("bare_autobahn", ["-m", "gateway.bench.bare_autobahn", "--listen",
+    server = Child("bare_autobahn", ["-m", "kgw_bench.bare_autobahn", "--listen",
                                      f"tcp:{port}:interface=127.0.0.1",
                                      "--echo-every", str(every)], log_dir)
     try:
@@ -238,13 +238,13 @@ def measure_peer_bridge(bootstrap: str, load: Load, log_dir: Path) -> dict[str, 
     """Comparison: what a user would write instead, websockets + aiokafka, same job."""
     prefix = "peer" + uuid.uuid4().hex[:8]
     port = free_port()
-    server = Child("peer_bridge", ["-m", "gateway.bench.peer_bridge", "--listen-port",
+    server = Child("peer_bridge", ["-m", "kgw_bench.peer_bridge", "--listen-port",
                                    str(port), "--kafka", bootstrap, "--topic-prefix", prefix,
                                    "--node-id", "peer"], log_dir)
     bot = None
     try:
         server.wait_for_line("event=ready", 60)
-        bot = Child("peer_stampbot", ["-m", "gateway.bench.stampbot", "--kafka", bootstrap,
+        bot = Child("peer_stampbot", ["-m", "kgw_bench.stampbot", "--kafka", bootstrap,
                                       "--topic-prefix", prefix, "--group-id", prefix + "-bot"],
                     log_dir)
         bot.wait_for_line("event=stampbot_ready", 60)
@@ -276,7 +276,7 @@ def _drive_server(server: Child, url: str, load: Load, log_dir: Path, tag: str
 def measure_bare_produce(bootstrap: str, load: Load, log_dir: Path) -> dict[str, Any]:
     """Ceiling: aiokafka producing the same records at the same rate, no sockets."""
     topic = "produce" + uuid.uuid4().hex[:8]
-    child = Child("bare_produce", ["-m", "gateway.bench.bare_produce", "--kafka", bootstrap,
+    child = Child("bare_produce", ["-m", "kgw_bench.bare_produce", "--kafka", bootstrap,
                                    "--topic", topic, "--calls", str(load.calls),
                                    "--seconds", str(load.seconds)], log_dir)
     return child.wait_json(load.seconds + 120)

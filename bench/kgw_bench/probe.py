@@ -1,6 +1,6 @@
 """The benchmark's view from the bus: when caller audio becomes visible to a consumer.
 
-Run as its own process (``python -m gateway.bench.probe``) so that its work
+Run as its own process (``python -m kgw_bench.probe``) so that its work
 is not charged to the gateway. For every audio record it takes the time it was
 read minus the time the gateway received the frame (``received_unix_us``):
 both are this machine's wall clock. Latency samples are kept only inside the

@@ -1,4 +1,4 @@
-"""Regenerate bench/RESULTS.md and its plot: ``python -m gateway.bench.report``.
+"""Regenerate bench/RESULTS.md and its plot: ``python -m kgw_bench.report``.
 
 Runs, against one broker it starts: the gateway with its ceilings at several
 call counts, the same with frame aggregation, two gateway processes sharing
@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gateway.bench.capacity import search
-from gateway.bench.command import broker
-from gateway.bench.run import Load, bench_once
+from kgw_bench.capacity import search
+from kgw_bench.command import broker
+from kgw_bench.run import Load, bench_once
 
 FIELDS = ("gateway_cpu_ms_per_call_s", "frames_lost", "inbound_p50_ms", "inbound_p99_ms",
           "command_p50_ms", "command_p99_ms", "rss_kb_per_call", "autobahn_cpu_ms_per_call_s",
@@ -101,7 +101,7 @@ def main() -> None:
         calls = [int(c) for c in args.calls.split(",")]
         results = run_all(args.out, args.seconds, calls, args.quick)
         (args.out / "results.json").write_text(json.dumps(results, indent=1))
-    from gateway.bench.render import plot, render
+    from kgw_bench.render import plot, render
 
     plot(results, args.out / "results.png")
     (args.out / "RESULTS.md").write_text(render(results, " ".join(sys.argv[1:])))

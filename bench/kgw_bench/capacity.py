@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gateway.bench.run import Load, bench_once
+from kgw_bench.run import Load, bench_once
 
 P99_BOUND_MS = 25.0
 
