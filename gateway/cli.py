@@ -31,9 +31,11 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.logs import start_logging
     from gateway.node import Node
 
-    start_logging(args.log_format, args.log_level)
+    start_logging(args.log_format, args.log_level, node_id=config.node_id)
     log = Logger()
-    node = Node(config, reactor, clock=LoopClock(asyncio.get_event_loop()))
+    # One monotonic clock for the calls' timers and Autobahn's handshake timers.
+    clock = LoopClock(asyncio.get_event_loop())
+    node = Node(config, reactor, clock=clock, handshake_clock=clock)
     status = {"code": 0}
     started: list[asyncio.Future[None]] = []
 
@@ -52,7 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
         started.append(task)
         as_deferred(task).addErrback(
             lambda f: None if f.check(asyncio.CancelledError) else failed(f))
-        asyncio.ensure_future(watch_failure())
+        started.append(asyncio.ensure_future(watch_failure()))
 
     def stop() -> object:
         # SIGTERM while still waiting for Kafka: give up waiting, then shut down.

@@ -55,7 +55,7 @@ class _Source:
     help: str
 
 
-def _parse_level(text: str) -> str:
+def _parse_word(text: str) -> str:
     return text.strip().lower()
 
 
@@ -76,13 +76,16 @@ _SOURCES = (
             "hang up after this much caller silence, in media time; 0 disables (default 8)"),
     _Source("max_call_s", "--max-call-s", "KGW_BOT_MAX_CALL_S", float,
             "hang up this long after the call started, in wall time; 0 disables (default 120)"),
-    _Source("log_level", "--log-level", "KGW_BOT_LOG_LEVEL", _parse_level,
+    _Source("log_level", "--log-level", "KGW_BOT_LOG_LEVEL", _parse_word,
             "debug, info, warning or error (default info)"),
+    _Source("log_format", "--log-format", "KGW_BOT_LOG_FORMAT", _parse_word,
+            "text (stderr) or json (one JSON object a line, on stdout) (default text)"),
     _Source("forget_after_s", "--forget-after-s", "KGW_BOT_FORGET_AFTER_S", float,
             "forget a call with no record for this long (default 600)"),
 )
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
                "error": logging.ERROR}
+_LOG_FORMATS = ("text", "json")
 _POLICY_FIELDS = {f.name for f in dataclasses.fields(EchoPolicy)}
 
 
@@ -115,6 +118,7 @@ class EchoBotSettings:
     group_id: str = "knowlarity-echo-bot"
     from_beginning: bool = False
     log_level: str = "info"
+    log_format: str = "text"
     policy: EchoPolicy = field(default_factory=EchoPolicy)
 
     def __post_init__(self) -> None:
@@ -132,6 +136,10 @@ class EchoBotSettings:
         if self.log_level not in _LOG_LEVELS:
             raise SettingsError(f"bad setting {_describe(by_attr['log_level'])}: "
                                 f"must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}")
+        if self.log_format not in _LOG_FORMATS:
+            raise SettingsError(f"bad setting {_describe(by_attr['log_format'])}: "
+                                f"must be one of {', '.join(_LOG_FORMATS)}, "
+                                f"got {self.log_format!r}")
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -487,8 +495,14 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as e:
         print(f"knowlarity-gateway bot echo: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=_LOG_LEVELS[settings.log_level],
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if settings.log_format == "json":
+        from gateway.logs import stdlib_handler
+
+        logging.basicConfig(level=_LOG_LEVELS[settings.log_level],
+                            handlers=[stdlib_handler("json", sys.stdout)])
+    else:
+        logging.basicConfig(level=_LOG_LEVELS[settings.log_level],
+                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
     if settings.log_level != "debug":
         # aiokafka narrates every group join at INFO; the bot logs what matters itself.
         logging.getLogger("aiokafka").setLevel(logging.WARNING)
