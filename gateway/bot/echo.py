@@ -331,7 +331,7 @@ class _EchoBot:
                 # provider_event, playback, dropped, or a body newer than this bot.
                 self.stats.ignored_records += 1
                 log.debug("event=record_ignored call_id=%s kind=%s record_seq=%d",
-                          rec.call_id, kind, rec.record_seq)
+                          rec.call_id, kind, rec.record_seq, extra={"call_id": rec.call_id})
                 effects = self.calls.on_other(rec.call_id, now)
         except records.BadRecord as e:
             self.stats.bad_records += 1
@@ -349,7 +349,7 @@ class _EchoBot:
         for e in effects:
             if isinstance(e, Note):
                 log.info("event=%s call_id=%s%s", e.event, e.call_id,
-                         " " + e.detail if e.detail else "")
+                         " " + e.detail if e.detail else "", extra={"call_id": e.call_id})
             else:
                 self._outbox.append(e)
                 self.stats.commands_queued += 1
@@ -407,9 +407,10 @@ class _EchoBot:
     def _send_failed(self, cmd: object, error: BaseException | None) -> None:
         self.stats.send_failures += 1
         if _worth_logging(self.stats.send_failures):
+            call_id = getattr(cmd, "call_id", "")
             log.warning("event=send_failed call_id=%s command_id=%s count=%d error=%r",
-                        getattr(cmd, "call_id", ""), getattr(cmd, "command_id", ""),
-                        self.stats.send_failures, error)
+                        call_id, getattr(cmd, "command_id", ""), self.stats.send_failures, error,
+                        extra={"call_id": call_id})
 
     async def _drain(self, sender: asyncio.Task[None]) -> None:
         async def outbox_empty() -> None:
