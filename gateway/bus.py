@@ -84,8 +84,9 @@ async def ensure_topics(bootstrap: str, specs: list[tuple[str, int, int]],
                         configs: dict[str, str] | None = None) -> None:
     """Create (name, partitions, replication) topics that do not exist yet."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
     try:
+        # Inside the try: a node retrying an absent broker must not leak a client a try.
+        await admin.start()
         existing = set(await admin.list_topics())
         new = [NewTopic(n, p, r, topic_configs=dict(configs or {}))
                for n, p, r in specs if n not in existing]
