@@ -7,7 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from gateway.settings import SettingError
+from gateway.settings import Setting, SettingError
 
 
 def install_reactor() -> None:
@@ -31,7 +31,7 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.logs import start_logging
     from gateway.node import Node
 
-    start_logging(args.log_format, args.log_level, node_id=config.node_id)
+    start_logging(config.log_format, config.log_level, node_id=config.node_id)
     log = Logger()
     # One monotonic clock for the calls' timers and Autobahn's handshake timers.
     clock = LoopClock(asyncio.get_event_loop())
@@ -69,6 +69,16 @@ def _serve(args: argparse.Namespace) -> int:
     return status["code"]
 
 
+def command_settings() -> dict[str, tuple[Setting, ...]]:
+    """Every command's settings table, by the words that run it (the README has each)."""
+    from gateway.bot.echo import ECHO_BOT_SETTINGS
+    from gateway.config import NODE_SETTINGS
+    from gateway.simulator.command import SIMULATE_SETTINGS
+
+    return {"serve": NODE_SETTINGS, "bot echo": ECHO_BOT_SETTINGS,
+            "simulate": SIMULATE_SETTINGS}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gateway import dev, simulator
     from gateway.bot import echo
@@ -82,8 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run a gateway node")
     add_node_arguments(serve)
-    serve.add_argument("--log-format", choices=("text", "json"), default="text")
-    serve.add_argument("--log-level", choices=("debug", "info", "warn", "error"), default="info")
     serve.set_defaults(func=_serve)
 
     bot = sub.add_parser("bot", help="run an example bot")

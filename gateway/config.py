@@ -14,6 +14,13 @@ from gateway import topics
 from gateway.core.call import CallSettings
 from gateway.core.knowlarity import AudioContentType, largest_play_frame_bytes
 from gateway.settings import (
+    DEFAULT_KAFKA,
+    DEFAULT_TOPIC_PREFIX,
+    KAFKA,
+    LOG_FORMAT,
+    LOG_FORMATS,
+    LOG_LEVEL,
+    TOPIC_PREFIX,
     Setting,
     SettingError,
     add_settings,
@@ -62,13 +69,12 @@ def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
 _DECLARED: tuple[Setting, ...] = (
     Setting("listen", "KGW_LISTEN", None,
             "Twisted endpoint the provider connects to (e.g. tcp:8080, ssl:8443:privateKey=...)"),
-    Setting("kafka", "KGW_KAFKA", None, "Kafka bootstrap servers, comma-separated"),
+    KAFKA,
     Setting("node_id", "KGW_NODE_ID", "",
             "this node's id (empty: the host name); names its commands topic, so keep it "
             "stable across restarts",
             _node_id),
-    Setting("topic_prefix", "KGW_TOPIC_PREFIX", None, "prefix of every topic name",
-            lambda t: topics.check_name_part("topic prefix", t)),
+    TOPIC_PREFIX,
     Setting("paths", "KGW_PATHS", None,
             "accepted WebSocket paths (any prefix allowed before them; a further last segment "
             "is taken as the call id)", _paths),
@@ -195,15 +201,17 @@ _DECLARED: tuple[Setting, ...] = (
     Setting("drain_timeout_s", "KGW_DRAIN_TIMEOUT_S", None,
             "on shutdown, how long live calls may go on before they are ended",
             non_negative(_finite)),
+    LOG_FORMAT,
+    LOG_LEVEL,
 )
 
 
 @dataclass(frozen=True)
 class NodeConfig:
     listen: str = "tcp:8080"
-    kafka: str = "127.0.0.1:9092"
+    kafka: str = DEFAULT_KAFKA
     node_id: str = "node"
-    topic_prefix: str = "knowlarity"
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
     paths: tuple[str, ...] = ("/vaani/knowlarity/setup-call-streams", "/knowlarity-stream")
     auth_token: str = ""
     allow_from: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
@@ -226,6 +234,8 @@ class NodeConfig:
     lease_s: float = 10.0
     lease_margin_s: float = 5.0
     drain_timeout_s: float = 30.0
+    log_format: str = LOG_FORMATS[0]
+    log_level: str = "info"
     call: CallSettings = field(default_factory=CallSettings)
 
     @property
@@ -266,8 +276,6 @@ class NodeConfig:
         if token_file:
             v["auth_token"] = _read_token(token_file)
         v["auth_token"] = v["auth_token"].strip()
-        if not v["kafka"].strip():
-            raise SettingError("bad value for --kafka / KGW_KAFKA: empty")
         config: NodeConfig = build(cls(), v, NODE_SETTINGS)
         config.check()
         return config

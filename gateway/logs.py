@@ -188,7 +188,8 @@ def start_logging(fmt: str = "text", level: str = "info", node_id: str | None = 
     else:
         observer = text_observer(sys.stdout)
         handler = stdlib_handler("text", sys.stderr)
-    predicate = LogLevelFilterPredicate(defaultLogLevel=LogLevel.levelWithName(level))
+    twisted_level = LogLevel.levelWithName("warn" if level == "warning" else level)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=twisted_level)
     globalLogBeginner.beginLoggingTo([FilteringLogObserver(observer, [predicate])],
                                      redirectStandardIO=False)
     logging.basicConfig(level=logging.WARNING, handlers=[handler])

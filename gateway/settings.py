@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from operator import attrgetter
 from typing import Any
 
+from gateway import topics
+
 
 class SettingError(ValueError):
     """A setting has a value the gateway cannot use; the message names it."""
@@ -116,12 +118,26 @@ def choice(*options: str) -> Callable[[str], str]:
 
 
 def add_settings(parser: argparse.ArgumentParser, table: Sequence[Setting]) -> None:
-    """Flags default to None so that ``resolve`` can tell 'not given' from a value."""
+    """Flags default to None so that ``resolve`` can tell 'not given' from a value.
+
+    A boolean flag alone means true (``--insecure``); ``--insecure false`` also reads.
+    """
     for s in table:
+        extra: dict[str, Any] = {"nargs": "?", "const": "true"} if s.parse is boolean else {}
         parser.add_argument(
             s.flag, dest=s.name, default=None, metavar=s.env,
-            help=f"{s.help} (env {s.env}, default {s.default!r})",
+            help=f"{s.help} (env {s.env}, default {s.default!r})", **extra,
         )
+
+
+def as_argv(args: argparse.Namespace, table: Sequence[Setting]) -> list[str]:
+    """The flags given on ``args``, as a command line again (to run the command elsewhere)."""
+    out: list[str] = []
+    for s in table:
+        given = getattr(args, s.name, None)
+        if given is not None:
+            out += [s.flag, str(given)]
+    return out
 
 
 def resolve(
@@ -146,6 +162,12 @@ def resolve(
     return out
 
 
+def from_args(config: Any, table: Sequence[Setting], args: argparse.Namespace | None,
+              env: Mapping[str, str] | None = None) -> Any:
+    """``config`` with every setting of ``table`` resolved from ``args`` and ``env``."""
+    return build(config, resolve(args or argparse.Namespace(), table, env), table)
+
+
 def markdown_table(table: Sequence[Setting]) -> str:
     """The README's configuration table, generated so it cannot drift."""
     rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
@@ -153,3 +175,44 @@ def markdown_table(table: Sequence[Setting]) -> str:
         shown = f"`{s.default}`" if s.default else "(empty)"  # with_defaults filled in
         rows.append(f"| `{s.flag}` | `{s.env}` | {shown} | {s.help} |")
     return "\n".join(rows)
+
+
+# --- settings every command shares, spelt the same everywhere ---------------------
+
+DEFAULT_KAFKA = "127.0.0.1:9092"
+DEFAULT_TOPIC_PREFIX = "knowlarity"
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def kafka_servers(text: str) -> str:
+    """Bootstrap servers, ``HOST:PORT[,HOST:PORT...]``, as one normalised string."""
+    servers = [s.strip() for s in text.split(",") if s.strip()]
+    if not servers:
+        raise ValueError("must name at least one HOST:PORT")
+    for s in servers:
+        host, sep, port = s.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{s!r} is not HOST:PORT")
+    return ",".join(servers)
+
+
+def log_level(text: str) -> str:
+    low = text.strip().lower()
+    return choice(*LOG_LEVELS)("warning" if low == "warn" else low)
+
+
+def _topic_prefix(text: str) -> str:
+    return topics.check_name_part("topic prefix", text)
+
+
+# Defaults None: each command's config class holds them (from the constants above).
+KAFKA = Setting("kafka", "KGW_KAFKA", None,
+                "Kafka bootstrap servers, HOST:PORT[,HOST:PORT...]", kafka_servers)
+TOPIC_PREFIX = Setting("topic_prefix", "KGW_TOPIC_PREFIX", None, "prefix of every topic name",
+                       _topic_prefix)
+LOG_FORMAT = Setting("log_format", "KGW_LOG_FORMAT", None,
+                     "text (for people) or json (one JSON object a line, for log shippers)",
+                     choice(*LOG_FORMATS))
+LOG_LEVEL = Setting("log_level", "KGW_LOG_LEVEL", None,
+                    "least severe events logged: debug, info, warning or error", log_level)

@@ -234,7 +234,7 @@ def test_every_setting_lands_at_its_path_in_the_config():
     base = _config([], dict(NODE))
     odd = {"audio_content_type": "raw", "paths": "/x", "allow_from": "10.9.0.0/16",
            "kafka": "k:1", "listen": "tcp:1", "topic_prefix": "p", "metrics_listen": "",
-           "auth_token": "t"}
+           "auth_token": "t", "log_format": "json", "log_level": "debug"}
     for s in NODE_SETTINGS:
         if s.name in ("node_id", "auth_token_file"):
             continue

@@ -130,7 +130,7 @@ async def test_call_audio_reaches_kafka_and_echo_comes_back(
             reading(InboundReader(kafka_bootstrap, topic_prefix)) as inbound, \
             reading(OutboundReader(kafka_bootstrap, topic_prefix)) as outbound:
         result = await simulate(url_of(node), [
-            "--audio", str(wav), "--seconds", "1.6", "--linger", "2.5", "--out", str(tmp_path)])
+            "--audio", str(wav), "--seconds", "1.6", "--linger-s", "2.5", "--out", str(tmp_path)])
         (call,) = result["calls"]
         call_id = call["call_id"]
         assert call["ended"] == "caller_hangup"
@@ -177,7 +177,7 @@ async def test_bot_hang_up_sends_the_documented_frame(
             running_bot(kafka_bootstrap, topic_prefix, policy), \
             reading(InboundReader(kafka_bootstrap, topic_prefix)) as inbound, \
             reading(OutboundReader(kafka_bootstrap, topic_prefix)) as outbound:
-        result = await simulate(url_of(node), ["--seconds", "6", "--linger", "1"])
+        result = await simulate(url_of(node), ["--seconds", "6", "--linger-s", "1"])
         (call,) = result["calls"]
         assert call["ended"] == "bot_hangup"
         call_id = call["call_id"]
@@ -213,7 +213,7 @@ async def test_transfer_carries_parameters_in_order(
 
         try:
             result, _ = await asyncio.gather(
-                simulate(url_of(node), ["--seconds", "8", "--linger", "1"]), bot())
+                simulate(url_of(node), ["--seconds", "8", "--linger-s", "1"]), bot())
         finally:
             await sender.stop()
         (call,) = result["calls"]
@@ -250,8 +250,8 @@ async def test_commands_reach_only_the_node_holding_the_call(
 
         try:
             results = await asyncio.gather(
-                simulate(url_of(node_a), ["--calls", "2", "--seconds", "8", "--linger", "1"]),
-                simulate(url_of(node_b), ["--calls", "2", "--seconds", "8", "--linger", "1"]),
+                simulate(url_of(node_a), ["--calls", "2", "--seconds", "8", "--linger-s", "1"]),
+                simulate(url_of(node_b), ["--calls", "2", "--seconds", "8", "--linger-s", "1"]),
                 bot())
         finally:
             await sender.stop()

@@ -67,7 +67,7 @@ async def test_a_60_s_freeze_loses_nothing_the_buffer_can_hold(own_kafka: LocalK
     config = node_config(kafka.bootstrap, topic_prefix)
     async with running_node(config) as node:
         sim = asyncio.ensure_future(simulate(url_of(node), [
-            "--calls", "8", "--seconds", "75", "--linger", "0"]))
+            "--calls", "8", "--seconds", "75", "--linger-s", "0"]))
         await asyncio.sleep(5)
         os.kill(kafka.pid, signal.SIGSTOP)
         frozen_at = time.monotonic()
@@ -102,7 +102,7 @@ async def test_kafka_absent_at_start_then_ready_once_it_answers(topic_prefix: st
         await asyncio.get_running_loop().run_in_executor(None, kafka.start)
         await asyncio.wait_for(start, 90)
         assert node.ready
-        result = await simulate(url_of(node), ["--seconds", "2", "--linger", "0"])
+        result = await simulate(url_of(node), ["--seconds", "2", "--linger-s", "0"])
         (call,) = result["calls"]
         assert call["ended"] == "caller_hangup"
         async with reading(InboundReader(kafka.bootstrap, topic_prefix)) as inbound:
@@ -136,7 +136,7 @@ async def test_a_topic_that_loses_partitions_is_noticed_and_loses_nothing(
             await asyncio.sleep(0.5)
         assert changes._value.get() >= 1, "the node did not notice the change"
         assert node.metrics.topic_partitions.labels(config.inbound_topic)._value.get() == 1
-        result = await simulate(url_of(node), ["--seconds", "2", "--linger", "0"])
+        result = await simulate(url_of(node), ["--seconds", "2", "--linger-s", "0"])
     (call,) = result["calls"]
     async with reading(InboundReader(kafka.bootstrap, topic_prefix)) as inbound:
         await inbound.wait_for(lambda r: r.ended(call["call_id"]) is not None, timeout=60)
@@ -166,7 +166,7 @@ async def test_sigterm_during_an_outage_exits_within_the_bound(own_kafka: LocalK
     try:
         url = f"ws://127.0.0.1:{port}/vaani/knowlarity/setup-call-streams"
         await wait_listening(port, 60)
-        sim = asyncio.ensure_future(simulate(url, ["--seconds", "20", "--linger", "0"]))
+        sim = asyncio.ensure_future(simulate(url, ["--seconds", "20", "--linger-s", "0"]))
         await asyncio.sleep(2)
         os.kill(kafka.pid, signal.SIGSTOP)
         await asyncio.sleep(3)
@@ -221,7 +221,7 @@ async def test_a_leader_killed_mid_call_costs_a_retry_not_a_record(
     try:
         async with running_node(config) as node:
             sim = asyncio.ensure_future(simulate(url_of(node), [
-                "--calls", "5", "--seconds", "25", "--linger", "0"]))
+                "--calls", "5", "--seconds", "25", "--linger-s", "0"]))
             deadline = time.monotonic() + 30
             while len(node.registry) < 5 and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)

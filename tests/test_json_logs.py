@@ -21,8 +21,9 @@ import pytest
 from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.python.failure import Failure
 
-from gateway.bot.echo import EchoBotSettings, SettingsError
+from gateway.bot.echo import EchoBotSettings
 from gateway.logs import JsonFormatter, event_as_json, json_observer, stdlib_handler, text_observer
+from gateway.settings import SettingError
 
 NODE_ID = "jsonlog1"
 PATH = "/vaani/knowlarity/setup-call-streams"
@@ -160,11 +161,10 @@ def test_json_observer_writes_one_line_per_event() -> None:
 def test_bot_log_format_setting(given: str, ok: bool) -> None:
     """The echo bot takes --log-format text|json, and a bad value names the setting."""
     if ok:
-        assert EchoBotSettings.from_sources(None, {"KGW_BOT_LOG_FORMAT": given}).log_format \
-            == given
+        assert EchoBotSettings.from_args(None, {"KGW_LOG_FORMAT": given}).log_format == given
     else:
-        with pytest.raises(SettingsError, match="KGW_BOT_LOG_FORMAT"):
-            EchoBotSettings.from_sources(None, {"KGW_BOT_LOG_FORMAT": given})
+        with pytest.raises(SettingError, match="KGW_LOG_FORMAT"):
+            EchoBotSettings.from_args(None, {"KGW_LOG_FORMAT": given})
 
 
 # --- a node through a call and a refused socket --------------------------------------
@@ -221,7 +221,7 @@ def node_run(kafka_bootstrap: str) -> Iterator[NodeRun]:
         assert listening.wait(90), f"node never listened: {''.join(out + err)[-3000:]}"
         sim = subprocess.run(
             [sys.executable, "-m", "gateway.simulator", "--url", f"ws://127.0.0.1:{port}{PATH}",
-             "--seconds", "2", "--linger", "0", "--json"],
+             "--seconds", "2", "--linger-s", "0", "--json"],
             capture_output=True, text=True, timeout=60)
         assert sim.stdout.strip(), f"simulator printed nothing: {sim.stderr[-2000:]}"
         (call,) = json.loads(sim.stdout.strip().splitlines()[-1])["calls"]

@@ -28,7 +28,7 @@ async def test_outage_keeps_the_call_and_reports_dropped_records(
     kafka = own_kafka
     config = replace(node_config(kafka.bootstrap, topic_prefix), buffer_bytes=40_000)
     async with running_node(config) as node:
-        sim = asyncio.ensure_future(simulate(url_of(node), ["--seconds", "12", "--linger", "0"]))
+        sim = asyncio.ensure_future(simulate(url_of(node), ["--seconds", "12", "--linger-s", "0"]))
         await asyncio.sleep(3)
         os.kill(kafka.pid, signal.SIGSTOP)
         await asyncio.sleep(6)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway import limits
+from gateway.cli import command_settings
 from gateway.config import NODE_SETTINGS
 from gateway.core.errors import CloseCode
 from gateway.settings import markdown_table
@@ -22,6 +23,8 @@ README = README_PATH.read_text()
 
 GENERATED: dict[str, Callable[[], str]] = {
     "settings-table": lambda: markdown_table(NODE_SETTINGS),
+    **{f"settings-{name.replace(' ', '-')}": (lambda t=table: markdown_table(t))
+       for name, table in command_settings().items() if name != "serve"},
     "limits-table": limits.limits_table,
     "fixed-limits-table": limits.fixed_limits_table,
     "memory-table": limits.memory_section,
@@ -42,6 +45,13 @@ def _section(name: str) -> str:
 def test_settings_table_matches_the_code() -> None:
     """The README's configuration table is exactly the one generated from the node's settings."""
     assert _section("settings-table") == markdown_table(NODE_SETTINGS)
+
+
+def test_every_command_has_its_settings_table() -> None:
+    """Each command's table in the README is generated from the settings it reads."""
+    for name, table in command_settings().items():
+        key = "settings-table" if name == "serve" else f"settings-{name.replace(' ', '-')}"
+        assert _section(key) == markdown_table(table), name
 
 
 def test_limits_tables_match_the_code() -> None:

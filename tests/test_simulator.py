@@ -256,7 +256,7 @@ async def _cli_scenario() -> dict:
 
     server, url, _ = await _fake_gateway("echo", hang_up_after=10)
     with tempfile.TemporaryDirectory() as out:
-        argv = ["--url", url, "--calls", "2", "--seconds", "0.2", "--linger", "5"]
+        argv = ["--url", url, "--calls", "2", "--seconds", "0.2", "--linger-s", "5"]
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "gateway.simulator", *argv, "--out", out, "--json",
             stdout=asyncio.subprocess.PIPE,

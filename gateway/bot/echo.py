@@ -14,12 +14,11 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import os
 import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -27,7 +26,21 @@ from aiokafka.errors import IllegalStateError, KafkaError
 
 from gateway import records, topics
 from gateway.bot.echo_logic import EchoCalls, EchoPolicy, EchoStats, Effect, Note, PolicyError, Send
-from gateway.settings import boolean
+from gateway.settings import (
+    DEFAULT_KAFKA,
+    DEFAULT_TOPIC_PREFIX,
+    KAFKA,
+    LOG_FORMAT,
+    LOG_FORMATS,
+    LOG_LEVEL,
+    TOPIC_PREFIX,
+    Setting,
+    SettingError,
+    add_settings,
+    boolean,
+    from_args,
+    with_defaults,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,163 +52,79 @@ STATS_EVERY_S = 60.0
 WAITING_LOG_EVERY_S = 15.0
 
 
-class SettingsError(ValueError):
-    """A bad setting; the message names the flag and its environment variable."""
-
-
 # --- settings ----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Source:
-    attr: str  # field of EchoBotSettings or EchoPolicy
-    flag: str
-    env: str
-    parse: Callable[[str], object]
-    help: str
-
-
-def _parse_word(text: str) -> str:
-    return text.strip().lower()
-
-
-_SOURCES = (
-    _Source("kafka", "--kafka", "KGW_KAFKA", str,
-            "Kafka bootstrap servers, HOST:PORT[,HOST:PORT...] (default 127.0.0.1:9092)"),
-    _Source("topic_prefix", "--topic-prefix", "KGW_TOPIC_PREFIX", str,
-            "topic name prefix (default knowlarity)"),
-    _Source("group_id", "--group-id", "KGW_BOT_GROUP", str,
-            "consumer group id (default knowlarity-echo-bot)"),
-    _Source("from_beginning", "--from-beginning", "KGW_BOT_FROM_BEGINNING", boolean,
-            "with no committed offset, start at the oldest record instead of the newest"),
-    _Source("echo_delay_ms", "--echo-delay-ms", "KGW_BOT_ECHO_DELAY_MS", int,
-            "play each caller chunk back this long after the bot received it (default 300)"),
-    _Source("silence_dbfs", "--silence-dbfs", "KGW_BOT_SILENCE_DBFS", float,
-            "caller audio below this RMS level counts as silence (default -45)"),
-    _Source("silence_hangup_s", "--silence-hangup-s", "KGW_BOT_SILENCE_HANGUP_S", float,
-            "hang up after this much caller silence, in media time; 0 disables (default 8)"),
-    _Source("max_call_s", "--max-call-s", "KGW_BOT_MAX_CALL_S", float,
-            "hang up this long after the call started, in wall time; 0 disables (default 120)"),
-    _Source("log_level", "--log-level", "KGW_BOT_LOG_LEVEL", _parse_word,
-            "debug, info, warning or error (default info)"),
-    _Source("log_format", "--log-format", "KGW_BOT_LOG_FORMAT", _parse_word,
-            "text (stderr) or json (one JSON object a line, on stdout) (default text)"),
-    _Source("forget_after_s", "--forget-after-s", "KGW_BOT_FORGET_AFTER_S", float,
-            "forget a call with no record for this long (default 600)"),
-)
-_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-               "error": logging.ERROR}
-_LOG_FORMATS = ("text", "json")
-_POLICY_FIELDS = {f.name for f in dataclasses.fields(EchoPolicy)}
-
-
-def _dest(src: _Source) -> str:
-    # Prefixed so that the CLI's own options can never collide with ours.
-    return "echo_bot_" + src.attr
-
-
-def _describe(src: _Source) -> str:
-    return f"{src.flag} (env {src.env})"
-
-
-def _check_kafka(value: str) -> tuple[str, ...]:
-    servers = tuple(s.strip() for s in value.split(",") if s.strip())
-    if not servers:
-        raise ValueError("must name at least one HOST:PORT")
-    for s in servers:
-        host, sep, port = s.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{s!r} is not HOST:PORT")
-    return servers
+def _group_id(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must be non-empty")
+    return text.strip()
 
 
 @dataclass(frozen=True)
 class EchoBotSettings:
-    """Everything the echo bot needs, validated at construction."""
+    """Everything the echo bot needs; ``from_args`` resolves it from flags and environment."""
 
-    kafka: str = "127.0.0.1:9092"
-    topic_prefix: str = "knowlarity"
+    kafka: str = DEFAULT_KAFKA
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
     group_id: str = "knowlarity-echo-bot"
     from_beginning: bool = False
+    log_format: str = LOG_FORMATS[0]
     log_level: str = "info"
-    log_format: str = "text"
     policy: EchoPolicy = field(default_factory=EchoPolicy)
-
-    def __post_init__(self) -> None:
-        by_attr = {s.attr: s for s in _SOURCES}
-        try:
-            _check_kafka(self.kafka)
-        except ValueError as e:
-            raise SettingsError(f"bad setting {_describe(by_attr['kafka'])}: {e}") from None
-        try:
-            topics.check_name_part("topic prefix", self.topic_prefix)
-        except ValueError as e:
-            raise SettingsError(f"bad setting {_describe(by_attr['topic_prefix'])}: {e}") from None
-        if not self.group_id.strip():
-            raise SettingsError(f"bad setting {_describe(by_attr['group_id'])}: must be non-empty")
-        if self.log_level not in _LOG_LEVELS:
-            raise SettingsError(f"bad setting {_describe(by_attr['log_level'])}: "
-                                f"must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}")
-        if self.log_format not in _LOG_FORMATS:
-            raise SettingsError(f"bad setting {_describe(by_attr['log_format'])}: "
-                                f"must be one of {', '.join(_LOG_FORMATS)}, "
-                                f"got {self.log_format!r}")
 
     @property
     def bootstrap_servers(self) -> list[str]:
-        return list(_check_kafka(self.kafka))
+        return self.kafka.split(",")
 
     @property
     def inbound_topic(self) -> str:
         return topics.inbound_topic(self.topic_prefix)
 
     @classmethod
-    def from_sources(cls, args: argparse.Namespace | None = None,
-                     environ: Mapping[str, str] | None = None) -> EchoBotSettings:
-        """Command line over environment over defaults; the error names the bad setting."""
-        env = os.environ if environ is None else environ
-        values: dict[str, object] = {}
-        for src in _SOURCES:
-            given = getattr(args, _dest(src), None) if args is not None else None
-            if given is None and src.env in env:
-                try:
-                    given = src.parse(env[src.env])
-                except ValueError as e:
-                    raise SettingsError(
-                        f"bad setting {_describe(src)}: {env[src.env]!r}: {e}") from None
-            if given is not None:
-                values[src.attr] = given
+    def from_args(cls, args: argparse.Namespace | None = None,
+                  env: Mapping[str, str] | None = None) -> EchoBotSettings:
+        """Flag over environment over default; a bad value raises ``SettingError`` naming it."""
         try:
-            policy = EchoPolicy(**{k: v for k, v in values.items()  # type: ignore[arg-type]
-                                   if k in _POLICY_FIELDS})
-        except PolicyError as e:
-            src = next(s for s in _SOURCES if s.flag == "--" + e.setting)
-            raise SettingsError(f"bad setting {_describe(src)}: {e.reason}") from None
-        rest = {k: v for k, v in values.items() if k not in _POLICY_FIELDS}
-        return cls(policy=policy, **rest)  # type: ignore[arg-type]
+            settings: EchoBotSettings = from_args(cls(), ECHO_BOT_SETTINGS, args, env)
+        except PolicyError as e:  # a value that parsed but is out of the policy's range
+            s = next(s for s in ECHO_BOT_SETTINGS if s.flag == "--" + e.setting)
+            raise SettingError(f"bad value for {s.flag} / {s.env}: {e.reason}") from None
+        return settings
+
+
+# Each setting once; defaults from EchoBotSettings and EchoPolicy themselves.
+ECHO_BOT_SETTINGS: tuple[Setting, ...] = with_defaults((
+    KAFKA,
+    TOPIC_PREFIX,
+    Setting("group_id", "KGW_BOT_GROUP", None, "consumer group id (every replica the same)",
+            _group_id),
+    Setting("from_beginning", "KGW_BOT_FROM_BEGINNING", None,
+            "with no committed offset, start at the oldest record instead of the newest",
+            boolean),
+    Setting("echo_delay_ms", "KGW_BOT_ECHO_DELAY_MS", None,
+            "play each caller chunk back this long after the bot received it", int,
+            path="policy.echo_delay_ms"),
+    Setting("silence_dbfs", "KGW_BOT_SILENCE_DBFS", None,
+            "caller audio below this RMS level counts as silence", float,
+            path="policy.silence_dbfs"),
+    Setting("silence_hangup_s", "KGW_BOT_SILENCE_HANGUP_S", None,
+            "hang up after this much caller silence, in media time (0: never)", float,
+            path="policy.silence_hangup_s"),
+    Setting("max_call_s", "KGW_BOT_MAX_CALL_S", None,
+            "hang up this long after the call started, in wall time (0: never)", float,
+            path="policy.max_call_s"),
+    Setting("forget_after_s", "KGW_BOT_FORGET_AFTER_S", None,
+            "forget a call with no record for this long", float,
+            path="policy.forget_after_s"),
+    LOG_FORMAT,
+    LOG_LEVEL,
+), EchoBotSettings())
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``knowlarity-gateway bot echo``; each also reads its environment variable."""
-    for src in _SOURCES:
-        help_text = f"{src.help} [env {src.env}]"
-        if src.parse is boolean:
-            parser.add_argument(src.flag, dest=_dest(src), action="store_const", const=True,
-                                default=None, help=help_text)
-        else:
-            metavar = src.flag.lstrip("-").upper().replace("-", "_")
-            parser.add_argument(src.flag, dest=_dest(src), type=_argparse_type(src),
-                                default=None, metavar=metavar, help=help_text)
-
-
-def _argparse_type(src: _Source) -> Callable[[str], object]:
-    def parse(text: str) -> object:
-        try:
-            return src.parse(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(f"{text!r}: {e}") from None
-    parse.__name__ = src.parse.__name__  # argparse names the type in its error
-    return parse
+    add_settings(parser, ECHO_BOT_SETTINGS)
 
 
 # --- the bot -------------------------------------------------------------------
@@ -492,18 +421,16 @@ async def run_echo_bot(settings: EchoBotSettings, *, ready: asyncio.Event | None
 def run(args: argparse.Namespace) -> int:
     """Entry point for ``knowlarity-gateway bot echo``: 0 on a clean stop, 2 on a bad setting."""
     try:
-        settings = EchoBotSettings.from_sources(args)
-    except SettingsError as e:
+        settings = EchoBotSettings.from_args(args)
+    except SettingError as e:
         print(f"knowlarity-gateway bot echo: {e}", file=sys.stderr)
         return 2
-    if settings.log_format == "json":
-        from gateway.logs import stdlib_handler
+    from gateway.logs import stdlib_handler
 
-        logging.basicConfig(level=_LOG_LEVELS[settings.log_level],
-                            handlers=[stdlib_handler("json", sys.stdout)])
-    else:
-        logging.basicConfig(level=_LOG_LEVELS[settings.log_level],
-                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # json: on stdout, as the node writes it; text: on stderr, as people read it.
+    out = sys.stdout if settings.log_format == "json" else sys.stderr
+    logging.basicConfig(level=settings.log_level.upper(),
+                        handlers=[stdlib_handler(settings.log_format, out)])
     if settings.log_level != "debug":
         # aiokafka narrates every group join at INFO; the bot logs what matters itself.
         logging.getLogger("aiokafka").setLevel(logging.WARNING)

@@ -16,14 +16,26 @@ import sys
 import time
 import urllib.parse
 from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from gateway.core import wav
-from gateway.simulator.model import DEFAULT_CALLEE, CallOptions, CallResult, summarize
+from gateway.settings import (
+    Setting,
+    SettingError,
+    add_settings,
+    as_argv,
+    boolean,
+    choice,
+    from_args,
+    non_negative,
+    positive,
+    with_defaults,
+)
+from gateway.simulator.model import CallOptions, CallResult, summarize
 
-__all__ = ["DEFAULT_URL", "URL_ENV", "add_arguments", "run"]
+__all__ = ["DEFAULT_URL", "SIMULATE_SETTINGS", "SimulateSettings", "add_arguments", "run"]
 
-URL_ENV = "KGW_SIM_URL"
 DEFAULT_URL = "ws://127.0.0.1:8080/vaani/knowlarity/setup-call-streams"
 DEFAULT_SAMPLE_RATE = 16000
 _MAX_ROWS = 20  # per-call rows in the human report; --json always has every call
@@ -33,86 +45,89 @@ class _BadArguments(Exception):
     pass
 
 
+def _ws_url(text: str) -> str:
+    parsed = urllib.parse.urlsplit(text)
+    if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
+        raise ValueError("must be ws://host[:port]/path or wss://...")
+    return text
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(",") if n.strip())
+
+
+def _optional_rate(text: str) -> int | None:
+    return positive(int)(text) if text.strip() else None
+
+
+@dataclass(frozen=True)
+class SimulateSettings:
+    """One ``simulate`` run: where, how many calls, and what each call does (``call``)."""
+
+    url: str = DEFAULT_URL
+    calls: int = 1
+    ramp_s: float = 0.0
+    audio: str = ""  # a WAV file; empty: generated speech-like audio
+    sample_rate: int | None = None  # None: the WAV's, else DEFAULT_SAMPLE_RATE
+    hangup_after_send: bool = False
+    insecure: bool = False
+    out: str = ""
+    json: bool = False
+    call: CallOptions = field(default_factory=CallOptions)
+
+
+# Each setting once; defaults from SimulateSettings and CallOptions themselves.
+SIMULATE_SETTINGS: tuple[Setting, ...] = with_defaults((
+    Setting("url", "KGW_SIM_URL", None, "gateway WebSocket URL, ws:// or wss://", _ws_url),
+    Setting("calls", "KGW_SIM_CALLS", None, "concurrent calls", positive(int)),
+    Setting("audio", "KGW_SIM_AUDIO", None,
+            "caller audio, a mono 16-bit PCM WAV looped as needed (empty: generated "
+            "speech-like audio)"),
+    Setting("seconds", "KGW_SIM_SECONDS", None, "how long each call streams audio",
+            non_negative(float), path="call.seconds"),
+    Setting("sample_rate", "KGW_SIM_SAMPLE_RATE", "",
+            f"call sample rate (empty: the WAV's, else {DEFAULT_SAMPLE_RATE})", _optional_rate),
+    Setting("frame_ms", "KGW_SIM_FRAME_MS", None, "audio per frame, in ms", positive(int),
+            path="call.frame_ms"),
+    Setting("ramp_s", "KGW_SIM_RAMP_S", None, "spread call starts over this many seconds",
+            non_negative(float)),
+    Setting("out", "KGW_SIM_OUT", None,
+            "if set, a directory to write <call_id>.heard.wav of the bot audio of each call"),
+    Setting("linger_s", "KGW_SIM_LINGER_S", None,
+            "after streaming, wait up to this long for bot audio or a hang-up before hanging up",
+            non_negative(float), path="call.linger"),
+    Setting("hangup_after_send", "KGW_SIM_HANGUP_AFTER_SEND", None,
+            "hang up as soon as the audio is sent (no linger)", boolean),
+    Setting("to", "KGW_SIM_TO", None, "the number called", path="call.to"),
+    Setting("call_type", "KGW_SIM_CALL_TYPE", None, "call_type in the start message",
+            choice("inbound", "outbound"), path="call.call_type"),
+    Setting("seed", "KGW_SIM_SEED", None, "seed of the generated audio", int,
+            path="call.seed"),
+    Setting("subprotocols", "KGW_SIM_SUBPROTOCOLS", None,
+            "WebSocket subprotocols to offer, comma-separated", _names,
+            path="call.subprotocols"),
+    Setting("insecure", "KGW_SIM_INSECURE", None,
+            "do not verify the gateway's TLS certificate", boolean),
+    Setting("json", "KGW_SIM_JSON", None,
+            "print one JSON object with every call's result as the last line", boolean),
+), SimulateSettings())
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``simulate`` options to ``parser``."""
     parser.description = (
         "Place calls against a gateway as Knowlarity does: send the start message, stream "
         "caller audio in real time, collect the bot's audio, hang up."
     )
-    add = parser.add_argument
-    add(
-        "--url",
-        help=f"gateway WebSocket URL, ws:// or wss:// (default: ${URL_ENV}, else {DEFAULT_URL})",
-    )
-    add("--calls", type=int, default=1, metavar="N", help="concurrent calls (default 1)")
-    add(
-        "--audio",
-        metavar="FILE.wav",
-        help="caller audio, mono 16-bit PCM WAV, looped as "
-        "needed (default: generated speech-like audio)",
-    )
-    add(
-        "--seconds",
-        type=float,
-        default=10.0,
-        metavar="S",
-        help="how long each call streams audio (default 10)",
-    )
-    add(
-        "--sample-rate",
-        type=int,
-        metavar="HZ",
-        help=f"call sample rate (default: the WAV's, else {DEFAULT_SAMPLE_RATE})",
-    )
-    add("--frame-ms", type=int, default=20, metavar="MS", help="audio per frame (default 20)")
-    add(
-        "--ramp",
-        type=float,
-        default=0.0,
-        metavar="S",
-        help="spread call starts over S seconds (default 0)",
-    )
-    add("--out", metavar="DIR", help="write <call_id>.heard.wav of the bot audio per call")
-    add(
-        "--linger",
-        type=float,
-        default=2.0,
-        metavar="S",
-        help="after streaming, wait up to S "
-        "seconds for bot audio or a hang-up before hanging up (default 2)",
-    )
-    add(
-        "--hangup-after-send",
-        action="store_true",
-        help="hang up as soon as the audio is sent (no linger)",
-    )
-    add("--to", default=DEFAULT_CALLEE, help=f"the number called (default {DEFAULT_CALLEE})")
-    add(
-        "--call-type",
-        choices=("inbound", "outbound"),
-        default="inbound",
-        help="call_type in the start message (default inbound)",
-    )
-    add("--seed", type=int, default=0, help="seed of the generated audio (default 0)")
-    add(
-        "--subprotocol",
-        action="append",
-        metavar="NAME",
-        help="WebSocket subprotocol to offer (repeatable)",
-    )
-    add("--insecure", action="store_true", help="do not verify the gateway's TLS certificate")
-    add(
-        "--json",
-        action="store_true",
-        help="print one JSON object with every call's result as the last line",
-    )
+    add_settings(parser, SIMULATE_SETTINGS)
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the calls ``args`` describe, print the report and return the exit status."""
     try:
-        url, options = _call_options(args)
-    except _BadArguments as error:
+        settings: SimulateSettings = from_args(SimulateSettings(), SIMULATE_SETTINGS, args)
+        options = _call_options(settings)
+    except (SettingError, _BadArguments) as error:
         print(f"simulate: {error}", file=sys.stderr)
         return 2
     import txaio
@@ -122,60 +137,49 @@ def run(args: argparse.Namespace) -> int:
     from gateway.simulator import client
 
     started = time.monotonic()
-    results = asyncio.run(client.place_calls(url, options, args.calls, args.ramp))
+    results = asyncio.run(
+        client.place_calls(settings.url, options, settings.calls, settings.ramp_s))
     wall_s = time.monotonic() - started
     status = 0 if all(r.ok for r in results) else 1
-    if args.out:
+    if settings.out:
         try:
-            _write_heard(results, Path(args.out))
+            _write_heard(results, Path(settings.out))
         except (OSError, ValueError) as error:
-            print(f"simulate: writing {args.out}: {error}", file=sys.stderr)
+            print(f"simulate: writing {settings.out}: {error}", file=sys.stderr)
             status = 1
     summary = summarize(results, wall_s)
-    print(_report(results, summary, url), flush=True)
-    if args.json:
+    print(_report(results, summary, settings.url), flush=True)
+    if settings.json:
         print(json.dumps({"calls": [r.to_json() for r in results], "summary": summary}))
     return status
 
 
-def _call_options(args: argparse.Namespace) -> tuple[str, CallOptions]:
-    url = args.url or os.environ.get(URL_ENV) or DEFAULT_URL
-    parsed = urllib.parse.urlsplit(url)
-    if parsed.scheme not in ("ws", "wss") or not parsed.hostname:
-        raise _BadArguments(f"--url must be ws://host[:port]/path or wss://...; got {url!r}")
-    if args.calls < 1:
-        raise _BadArguments(f"--calls must be at least 1; got {args.calls}")
-    if args.ramp < 0:
-        raise _BadArguments(f"--ramp must be >= 0; got {args.ramp}")
+def _call_options(settings: SimulateSettings) -> CallOptions:
+    """The options of every call: the audio loaded, the rate settled, the flags applied."""
     pcm = None
-    rate = args.sample_rate
-    if args.audio:
+    rate = settings.sample_rate
+    if settings.audio:
         try:
-            pcm, wav_rate = _load_wav(args.audio)
+            pcm, wav_rate = _load_wav(settings.audio)
         except (OSError, ValueError) as error:
-            raise _BadArguments(f"--audio {args.audio}: {error}") from None
+            raise _BadArguments(f"--audio {settings.audio}: {error}") from None
         if rate is not None and rate != wav_rate:
             raise _BadArguments(
-                f"--audio {args.audio} is {wav_rate} Hz but --sample-rate is {rate}; "
+                f"--audio {settings.audio} is {wav_rate} Hz but --sample-rate is {rate}; "
                 "give a WAV at the call's rate"
             )
         rate = wav_rate
+    call = settings.call
     try:
-        options = CallOptions(
+        return replace(
+            call,
             sample_rate=rate or DEFAULT_SAMPLE_RATE,
-            frame_ms=args.frame_ms,
-            seconds=args.seconds,
             pcm=pcm,
-            seed=args.seed,
-            linger=0.0 if args.hangup_after_send else args.linger,
-            to=args.to,
-            call_type=args.call_type,
-            subprotocols=tuple(args.subprotocol or ()),
-            verify_tls=not args.insecure,
+            linger=0.0 if settings.hangup_after_send else call.linger,
+            verify_tls=not settings.insecure,
         )
     except ValueError as error:
         raise _BadArguments(str(error)) from None
-    return url, options
 
 
 def _load_wav(path: str) -> tuple[bytes, int]:
@@ -249,24 +253,7 @@ def _detail(r: CallResult) -> str:
 
 def _run_in_child(args: argparse.Namespace) -> int:
     """Run the same command in a fresh interpreter: Autobahn here is already on Twisted."""
-    argv: list[str] = []
-    for flag, value in (
-        ("--url", args.url), ("--calls", args.calls), ("--audio", args.audio),
-        ("--seconds", args.seconds), ("--sample-rate", args.sample_rate),
-        ("--frame-ms", args.frame_ms), ("--ramp", args.ramp), ("--out", args.out),
-        ("--linger", args.linger), ("--to", args.to), ("--call-type", args.call_type),
-        ("--seed", args.seed),
-    ):  # fmt: skip
-        if value is not None:
-            argv += [flag, str(value)]
-    for name in args.subprotocol or ():
-        argv += ["--subprotocol", name]
-    for flag, on in (
-        ("--hangup-after-send", args.hangup_after_send), ("--insecure", args.insecure),
-        ("--json", args.json),
-    ):  # fmt: skip
-        if on:
-            argv.append(flag)
+    argv = as_argv(args, SIMULATE_SETTINGS)
     root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
