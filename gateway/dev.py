@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway import localkafka
+from gateway.children import Child
 
 DEFAULT_PATH = "/vaani/knowlarity/setup-call-streams"
 # Printed by the echo bot once it holds its partitions; dev waits for it.
@@ -49,42 +49,23 @@ def _port(preferred: int) -> int:
     raise RuntimeError("no free port")
 
 
-class _Child:
+def _child(name: str, argv: list[str], watch: Callable[[str], None] | None = None) -> Child:
     """A child process whose output lines are echoed with a prefix and watched."""
 
-    def __init__(self, name: str, argv: list[str], watch: Callable[[str], None] | None = None):
-        self.name = name
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, bufsize=1, start_new_session=True)
-        self._watch = watch
-        threading.Thread(target=self._pump, daemon=True).start()
+    def on_line(line: str) -> None:
+        print(f"[{name}] {line}", flush=True)
+        if watch:
+            watch(line)
 
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            print(f"[{self.name}] {line}", end="", flush=True)
-            if self._watch:
-                self._watch(line)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, timeout: float = 15) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    return Child(name, argv, on_line=on_line)
 
 
-def _wait(what: str, ok: Callable[[], bool], children: list[_Child], timeout: float) -> None:
+def _wait(what: str, ok: Callable[[], bool], children: list[Child], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not ok():
         for c in children:
             if not c.alive():
-                raise RuntimeError(f"{c.name} exited with {c.proc.returncode} while waiting "
+                raise RuntimeError(f"{c.name} exited with {c.returncode} while waiting "
                                    f"for {what}")
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
@@ -105,14 +86,14 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     kafka = localkafka.LocalKafka(data_dir=args.data_dir, port=_port(args.kafka_port))
-    children: list[_Child] = []
+    children: list[Child] = []
     try:
         print("starting Kafka (the first run downloads its jars from Maven Central) ...",
               flush=True)
         bootstrap = kafka.start()
         ws_port, metrics_port = _port(args.port), _port(args.metrics_port)
         py = [sys.executable, "-m", "gateway"]
-        node = _Child("gateway", py + [
+        node = _child("gateway", py + [
             "serve", "--listen", f"tcp:{ws_port}:interface=127.0.0.1", "--kafka", bootstrap,
             "--node-id", "dev-node", "--topic-prefix", args.topic_prefix,
             "--metrics-listen", f"tcp:{metrics_port}:interface=127.0.0.1",
@@ -123,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
               children, 90)
         if not args.no_bot:
             bot_ready = threading.Event()
-            bot = _Child("bot", py + ["bot", "echo", "--kafka", bootstrap,
+            bot = _child("bot", py + ["bot", "echo", "--kafka", bootstrap,
                                       "--topic-prefix", args.topic_prefix],
                          watch=lambda line: BOT_READY_MARK in line and bot_ready.set())
             children.append(bot)
@@ -137,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         while not stop.wait(0.5):
             for c in children:
                 if not c.alive():
-                    print(f"{c.name} exited with {c.proc.returncode}; stopping", flush=True)
+                    print(f"{c.name} exited with {c.returncode}; stopping", flush=True)
                     return 1
         return 0
     except (RuntimeError, localkafka.LocalKafkaError) as e:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ from aiokafka import AIOKafkaProducer
 from test_end_to_end import in_twisted, reading
 
 from gateway import topics
+from gateway.children import stop_process
 from gateway.core import model as m
 from gateway.ports import free_port
 from gateway.records import encode_command, playback_kind
@@ -121,15 +121,9 @@ def last_json(out: Path) -> dict[str, Any]:
         raise AssertionError(f"{out.name} did not end in JSON:\n{tail}") from None
 
 
-def stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, wait: float = 5) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(wait)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
+def stop(proc: subprocess.Popen[bytes] | None, wait: float = 5) -> None:
+    if proc is not None:
+        stop_process(proc, wait)
 
 
 def kinds(recs: list[Any]) -> list[str]:

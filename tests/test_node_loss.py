@@ -8,7 +8,6 @@ Short leases come from the environment (KGW_LEASE_S, KGW_LEASE_MARGIN_S).
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import time
@@ -18,6 +17,7 @@ from contextlib import asynccontextmanager
 import pytest
 from test_end_to_end import PATH, in_twisted, reading
 
+from gateway.children import Child
 from gateway.core import model as m
 from gateway.lease import LOST_SEQ
 from gateway.ports import free_port
@@ -34,57 +34,46 @@ SLACK_S = 2.0
 
 
 
-class Proc:
-    """A child process whose output is collected, so a test can wait for a line."""
+class Proc(Child):
+    """A child process whose output lines are collected, so a test can wait for one."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
-        self.proc = proc
-        self.name = name
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         self.lines: list[str] = []
-        self._pump = asyncio.ensure_future(self._read())
+        super().__init__(name, argv, on_line=self.lines.append, env=env)
 
-    async def _read(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            self.lines.append(raw.decode(errors="replace"))
+    def tail(self, n: int = 40) -> str:
+        return "\n".join(self.lines[-n:])
 
     async def wait_for_line(self, text: str, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        while not any(text in line for line in self.lines):
-            if self.proc.returncode is not None or time.monotonic() > deadline:
-                raise AssertionError(f"{self.name}: no line with {text!r}:\n"
-                                     + "".join(self.lines[-40:]))
+        while True:
+            ended = self.wait_output(0)  # asked first: then no line is still to come
+            if any(text in line for line in self.lines):
+                return
+            if ended or time.monotonic() > deadline:
+                raise AssertionError(f"{self.name}: no line with {text!r}:\n" + self.tail())
             await asyncio.sleep(0.05)
 
-    def kill(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.kill()
-
-    async def close(self) -> None:
-        self.kill()
-        await asyncio.wait_for(self.proc.wait(), 10)
-        self._pump.cancel()
+    async def exit_status(self, timeout: float) -> int:
+        """The status it exits with, waited for off the reactor's thread."""
+        return await asyncio.to_thread(self.wait, timeout)
 
 
 async def start_node(bootstrap: str, prefix: str, node_id: str, port: int) -> Proc:
-    env = dict(os.environ, KGW_LEASE_S=str(LEASE_S), KGW_LEASE_MARGIN_S=str(MARGIN_S))
-    proc = await asyncio.create_subprocess_exec(
+    node = Proc(node_id, [
         sys.executable, "-m", "gateway.cli", "serve", "--listen",
         f"tcp:{port}:interface=127.0.0.1", "--kafka", bootstrap, "--node-id", node_id,
         "--topic-prefix", prefix, "--metrics-listen", "", "--inbound-partitions", "3",
-        "--drain-timeout-s", "1",
-        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    node = Proc(proc, node_id)
+        "--drain-timeout-s", "1"],
+        env={"KGW_LEASE_S": str(LEASE_S), "KGW_LEASE_MARGIN_S": str(MARGIN_S)})
     await node.wait_for_line("listening on")
     return node
 
 
 async def start_calls(port: int) -> Proc:
-    proc = await asyncio.create_subprocess_exec(
+    return Proc("simulator", [
         sys.executable, "-m", "gateway.simulator", "--url", f"ws://127.0.0.1:{port}{PATH}",
-        "--calls", str(CALLS), "--seconds", "120", "--json",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    return Proc(proc, "simulator")
+        "--calls", str(CALLS), "--seconds", "120", "--json"])
 
 
 @asynccontextmanager
@@ -94,7 +83,7 @@ async def processes() -> AsyncIterator[list[Proc]]:
         yield procs
     finally:
         for p in procs:
-            await p.close()
+            p.kill()
 
 
 def ends(inbound: InboundReader, call_ids: list[str]) -> dict[str, list[object]]:
@@ -147,7 +136,7 @@ async def test_restarted_node_ends_its_lost_calls_before_listening(
             await asyncio.sleep(1.0)  # a second end, if any, would be read by now
             check_lost_once(inbound, call_ids, by="n1 epoch 2")
             # Written during start(): the log line comes before the node listens.
-            text = "".join(again.lines)
+            text = "\n".join(again.lines)
             assert "ended 3 calls node_lost" in text, text[-3000:]
             assert text.index("ended 3 calls node_lost") < text.index("listening on")
 
@@ -174,7 +163,7 @@ async def test_peer_ends_the_calls_of_a_node_that_does_not_return(
             assert elapsed <= LEASE_S + MARGIN_S + SLACK_S
             await asyncio.sleep(LEASE_S)  # a second end, if any, would be read by now
             check_lost_once(inbound, call_ids, by="n2 epoch 1")
-            assert peer.proc.returncode is None, "the peer keeps running"
+            assert peer.alive(), "the peer keeps running"
 
 
 @in_twisted
@@ -200,10 +189,10 @@ async def test_a_node_cut_off_past_its_lease_is_fenced_and_exits(
             finally:
                 node.proc.send_signal(signal.SIGCONT)
             woke = time.monotonic()
-            status = await asyncio.wait_for(node.proc.wait(), LEASE_S + 10)
+            status = await node.exit_status(LEASE_S + 10)
             print(f"fenced: the frozen node exited {time.monotonic() - woke:.2f}s after "
                   f"waking, status {status}")
-            assert status == 75, "".join(node.lines[-40:])
+            assert status == 75, node.tail()
             await asyncio.sleep(1.0)
             check_lost_once(inbound, call_ids, by="n2 epoch 1")
 
@@ -223,7 +212,7 @@ async def test_clean_shutdown_leaves_nothing_for_a_peer(
             await inbound.wait_for(lambda r: len(r.started_calls()) == CALLS)
             call_ids = sorted(r.call_id for r in inbound.started_calls())
             node.proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(node.proc.wait(), 30) == 0, "".join(node.lines[-40:])
+            assert await node.exit_status(30) == 0, node.tail()
             await inbound.wait_for(lambda r: all(ends(r, call_ids).values()))
             await asyncio.sleep(LEASE_S + MARGIN_S + SLACK_S)
             for call_id, found in ends(inbound, call_ids).items():

@@ -39,6 +39,7 @@ from aiokafka import AIOKafkaProducer
 from gateway import records
 from gateway.bus import ensure_topics
 from gateway.core import model as m
+from gateway.stats import percentiles
 
 RATE = 16000
 FRAME_S = 0.020
@@ -49,13 +50,6 @@ FRAME_SAMPLES = FRAME_BYTES // 2
 def _cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-def _percentile(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[i]
 
 
 class _Call:
@@ -153,8 +147,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu_s, wall_s = _cpu() - cpu0, time.monotonic() - wall0
         await producer.stop()
 
-    latencies.sort()
-    p50, p99 = _percentile(latencies, 0.50), _percentile(latencies, 0.99)
+    produce_ms = percentiles(latencies, (50, 99), scale=1000, ndigits=3)
     n = counts["records"]
     return {
         "calls": args.calls,
@@ -167,8 +160,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_total_s": round(_cpu(), 4),
         "wall_s": round(wall_s, 4),
         "us_per_record": round(cpu_s / n * 1e6, 2) if n else None,
-        "produce_p50_ms": round(p50 * 1000, 3) if p50 is not None else None,
-        "produce_p99_ms": round(p99 * 1000, 3) if p99 is not None else None,
+        "produce_p50_ms": produce_ms["p50"],
+        "produce_p99_ms": produce_ms["p99"],
         # The counters every ceiling prints.
         "frames_in": 0,
         "frames_out": 0,

@@ -18,10 +18,10 @@ import resource
 import signal
 import time
 
-import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from gateway.records import decode_inbound
+from gateway.stats import summary
 
 FETCH_WAIT_MS = int(os.environ.get("KGW_BENCH_FETCH_WAIT_MS", "100"))
 FETCH_MIN_BYTES = int(os.environ.get("KGW_BENCH_FETCH_MIN_BYTES", "1"))
@@ -67,15 +67,11 @@ async def probe(bootstrap: str, topic: str, window: tuple[float, float],
                         ended += 1
     finally:
         await consumer.stop()
-    lat = np.array(lat_us, dtype=np.float64) / 1000.0
-    pct = (lambda q: round(float(np.percentile(lat, q)), 3)) if len(lat) else (lambda q: None)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "calls_started": calls, "calls_ended": ended,
         "audio_records": audio_records, "audio_bytes": audio_bytes,
-        "inbound_latency_ms": {"p50": pct(50), "p95": pct(95), "p99": pct(99),
-                               "max": round(float(lat.max()), 3) if len(lat) else None,
-                               "count": len(lat)},
+        "inbound_latency_ms": summary(lat_us, (50, 95, 99), scale=0.001, ndigits=3),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
     }
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import json
 import os
 import queue
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
+
+from gateway import children
 
 _TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -41,77 +41,71 @@ def rss_kb(pid: int) -> int:
 
 
 class Child:
-    """A Python child process whose stdout lines are kept (and logged to a file)."""
+    """A Python child process of a run (``gateway.children.Child``): its stdout lines
+    logged to ``<log_dir>/<name>.log`` with its stderr, kept for ``wait_for_line``, and
+    the last JSON line among them kept for its result."""
 
     def __init__(self, name: str, args: list[str], log_dir: Path,
                  env: dict[str, str] | None = None) -> None:
         self.name = name
         self._log = (log_dir / f"{name}.log").open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, *args], stdout=subprocess.PIPE, stderr=self._log, text=True,
-            bufsize=1, env={**os.environ, **(env or {})}, start_new_session=True)
         self.lines: queue.Queue[str] = queue.Queue()
         self.last_json: dict[str, Any] | None = None
-        threading.Thread(target=self._pump, daemon=True).start()
+        self._child = children.Child(name, [sys.executable, *args], on_line=self._line,
+                                     env=env, stderr=self._log)
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self._child.pid
 
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._log.write(line)
-            self._log.flush()
-            stripped = line.strip()
-            if stripped.startswith("{"):
-                try:
-                    self.last_json = json.loads(stripped)
-                except ValueError:
-                    pass
-            self.lines.put(stripped)
-        self.lines.put("")
+    @property
+    def returncode(self) -> int | None:
+        return self._child.returncode
+
+    def _line(self, line: str) -> None:
+        self._log.write(line + "\n")
+        self._log.flush()
+        stripped = line.strip()
+        if stripped.startswith("{"):
+            try:
+                self.last_json = json.loads(stripped)
+            except ValueError:
+                pass
+        self.lines.put(stripped)
 
     def wait_for_line(self, marker: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while True:
+            # Asked before the get: once the output has ended, an empty queue stays empty.
+            ended = self._child.wait_output(0)
             try:
-                line = self.lines.get(timeout=max(0.05, deadline - time.monotonic()))
+                line = self.lines.get(timeout=0.05)
             except queue.Empty:
-                raise TimeoutError(f"{self.name}: no {marker!r} within {timeout}s") from None
+                if ended and self.returncode is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.returncode} "
+                                       f"before {marker!r}; see {self._log.name}") from None
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{self.name}: no {marker!r} within {timeout}s") from None
+                continue
             if marker in line:
                 return
-            if line == "" and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} "
-                                   f"before {marker!r}; see {self._log.name}")
 
     def wait_json(self, timeout: float) -> dict[str, Any]:
         """Wait for the process to exit; its last JSON line."""
         try:
-            self.proc.wait(timeout)
+            self._child.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             raise
-        # The pump thread may still be reading the last lines.
-        deadline = time.monotonic() + 5
-        while self.last_json is None and time.monotonic() < deadline:
-            time.sleep(0.05)
         if self.last_json is None:
             raise RuntimeError(f"{self.name} printed no JSON; see {self._log.name}")
         return self.last_json
 
     def stop(self, timeout: float = 30) -> dict[str, Any] | None:
-        """SIGTERM, wait, and return the last JSON line it printed (if any)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-        time.sleep(0.2)
+        """SIGTERM, wait (SIGKILL after ``timeout``), and return the last JSON line it
+        printed (if any)."""
+        self._child.stop(timeout)
         return self.last_json
 
     def kill(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        self._child.kill()

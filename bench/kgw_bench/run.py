@@ -105,8 +105,8 @@ def _sleep_until(t: float) -> None:
 def _wait_ready(child: Child, url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not http_ready(url):
-        if child.proc.poll() is not None:
-            raise RuntimeError(f"{child.name} exited with {child.proc.returncode}")
+        if child.returncode is not None:
+            raise RuntimeError(f"{child.name} exited with {child.returncode}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"{child.name} not ready")
         time.sleep(0.1)

@@ -9,6 +9,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from gateway.stats import percentiles
+
 __all__ = [
     "DEFAULT_CALLEE",
     "END_KINDS",
@@ -162,8 +164,7 @@ def summarize(results: Sequence[CallResult], wall_s: float) -> dict[str, object]
         "time_to_first_audio_ms": (
             {
                 "min": _round(ttfa[0]),
-                "p50": _round(_percentile(ttfa, 50)),
-                "p95": _round(_percentile(ttfa, 95)),
+                **percentiles(ttfa, (50, 95), ndigits=3),
                 "max": _round(ttfa[-1]),
             }
             if ttfa
@@ -171,12 +172,6 @@ def summarize(results: Sequence[CallResult], wall_s: float) -> dict[str, object]
         ),
         "wall_s": round(wall_s, 3),
     }
-
-
-def _percentile(ordered: Sequence[float], pct: float) -> float:
-    # Nearest rank: always one of the observed values.
-    rank = max(1, math.ceil(pct / 100 * len(ordered)))
-    return ordered[rank - 1]
 
 
 def _round(value: float | None) -> float | None:

@@ -1,8 +1,9 @@
 """Hostile and honest provider clients for tests/test_attacks_e2e.py, as processes of their own.
 
-Standard library only (a raw-socket WebSocket client), so each process starts fast
-and owns nothing of the gateway. Every mode is bounded in time and prints one JSON
-object as its last stdout line.
+A raw-socket WebSocket client on the standard library and the load generator's
+frame codec (``kgw_bench.loadgen.frames``, there with a dev install), so each
+process starts fast and owns nothing of the node. Every mode is bounded in time
+and prints one JSON object as its last stdout line.
 
     probe   --url URL --call-id ID --seconds S      640-byte frames every 20 ms, real time
     calls   --url URL --call-ids A,B,... --max-seconds S
@@ -26,7 +27,16 @@ import threading
 import time
 from urllib.parse import urlsplit
 
-OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
+from kgw_bench.loadgen.frames import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    client_frame,
+    mask,
+)
+
 RATE = 16000
 FRAME_BYTES = 640  # 20 ms of 16 kHz s16le mono
 
@@ -40,26 +50,9 @@ def start_message(call_id: str) -> str:
     })
 
 
-def _mask(payload: bytes, key: bytes) -> bytes:
-    n = len(payload)
-    if not n:
-        return b""
-    k = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "big") ^ int.from_bytes(k, "big")).to_bytes(n, "big")
-
-
 def frame(opcode: int, payload: bytes = b"") -> bytes:
-    """One client frame (masked, as RFC 6455 requires of clients)."""
-    n = len(payload)
-    b0 = 0x80 | opcode
-    if n < 126:
-        head = struct.pack("!BB", b0, 0x80 | n)
-    elif n < 65536:
-        head = struct.pack("!BBH", b0, 0x80 | 126, n)
-    else:
-        head = struct.pack("!BBQ", b0, 0x80 | 127, n)
-    key = os.urandom(4)
-    return head + key + _mask(payload, key)
+    """One client frame, masked with a fresh key of its own (as RFC 6455 asks of clients)."""
+    return client_frame(opcode, payload, os.urandom(4))
 
 
 def close_frame(code: int = 1000) -> bytes:
@@ -109,7 +102,7 @@ class WS:
                 key = await r.readexactly(4) if b1 & 0x80 else b""
                 payload = await r.readexactly(n)
                 if key:
-                    payload = _mask(payload, key)
+                    payload = mask(payload, key)
                 if op == OP_CLOSE:
                     self.close_code = struct.unpack("!H", payload[:2])[0] if n >= 2 else 1005
                     self.close_reason = payload[2:].decode("utf-8", "replace")

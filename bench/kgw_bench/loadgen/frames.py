@@ -22,6 +22,7 @@ MAX_LATENCY_US = 600_000_000  # a "stamp" further off than this is not one
 MAX_MESSAGE_BYTES = 16 << 20
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x1, 0x2, 0x8, 0x9, 0xA
 AUDIO_KEY = b'"audioContent":"'
 AUDIO_KEY_LEN = len(AUDIO_KEY)
 EQ = ord("=")

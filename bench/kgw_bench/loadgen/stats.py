@@ -6,23 +6,9 @@ import resource
 from array import array
 from typing import Any
 
+from gateway.stats import summary
+
 MAX_ERRORS = 20
-
-
-def _percentiles(samples: Any, quantiles: tuple[int, ...], scale: float = 1.0) -> dict[str, Any]:
-    import numpy as np
-
-    out: dict[str, Any] = {"count": len(samples)}
-    if not len(samples):
-        out.update({f"p{q}": None for q in quantiles})
-        out["max"] = None
-        return out
-    a = np.frombuffer(samples, dtype=np.float64 if samples.typecode == "d" else np.int64)
-    values = np.percentile(a, quantiles)
-    for q, v in zip(quantiles, values, strict=True):
-        out[f"p{q}"] = round(float(v) * scale, 3)
-    out["max"] = round(float(a.max()) * scale, 3)
-    return out
 
 
 def summarize(counts: dict[str, Any], lat: array, lags: array, read_delays: array, *,
@@ -34,9 +20,9 @@ def summarize(counts: dict[str, Any], lat: array, lags: array, read_delays: arra
     cpu_s = usage.ru_utime + usage.ru_stime + children.ru_utime + children.ru_stime
     frames = counts["frames_sent"] + counts["play_frames_received"]
     result = dict(counts)
-    result["command_latency_ms"] = _percentiles(lat, (50, 95, 99))
-    result["send_lag_ms"] = _percentiles(lags, (50, 99), scale=0.001)
-    result["read_delay_ms"] = _percentiles(read_delays, (50, 99), scale=0.001)
+    result["command_latency_ms"] = summary(lat, (50, 95, 99), ndigits=3)
+    result["send_lag_ms"] = summary(lags, (50, 99), scale=0.001, ndigits=3)
+    result["read_delay_ms"] = summary(read_delays, (50, 99), scale=0.001, ndigits=3)
     result.update({
         "cpu_s": round(cpu_s, 3),
         "run_cpu_s": round(run_cpu_s, 3),
