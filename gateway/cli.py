@@ -73,10 +73,11 @@ def command_settings() -> dict[str, tuple[Setting, ...]]:
     """Every command's settings table, by the words that run it (the README has each)."""
     from gateway.bot.echo import ECHO_BOT_SETTINGS
     from gateway.config import NODE_SETTINGS
+    from gateway.dev import DEV_SETTINGS
     from gateway.simulator.command import SIMULATE_SETTINGS
 
     return {"serve": NODE_SETTINGS, "bot echo": ECHO_BOT_SETTINGS,
-            "simulate": SIMULATE_SETTINGS}
+            "simulate": SIMULATE_SETTINGS, "dev": DEV_SETTINGS}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,27 +15,60 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from gateway import localkafka
 from gateway.children import Child
+from gateway.settings import (
+    DEFAULT_TOPIC_PREFIX,
+    TOPIC_PREFIX,
+    Setting,
+    SettingError,
+    add_settings,
+    boolean,
+    from_args,
+    with_defaults,
+)
 
 DEFAULT_PATH = "/vaani/knowlarity/setup-call-streams"
 # Printed by the echo bot once it holds its partitions; dev waits for it.
 BOT_READY_MARK = "event=echo_bot_ready"
 
 
+@dataclass(frozen=True)
+class DevSettings:
+    port: int = 8080
+    metrics_port: int = 9100
+    kafka_port: int = 9092
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX
+    data_dir: str = ""
+    bot: bool = True
+
+
+def _port_number(text: str) -> int:
+    port = int(text)
+    if not 0 <= port < 65536:
+        raise ValueError(f"must be a TCP port, 0 to 65535 (0: any free one), got {text!r}")
+    return port
+
+
+DEV_SETTINGS: tuple[Setting, ...] = with_defaults((
+    Setting("port", "KGW_DEV_PORT", None, "WebSocket port (a free one is used if taken)",
+            _port_number),
+    Setting("metrics_port", "KGW_DEV_METRICS_PORT", None,
+            "metrics/health port (a free one if taken)", _port_number),
+    Setting("kafka_port", "KGW_DEV_KAFKA_PORT", None, "Kafka port (a free one if taken)",
+            _port_number),
+    TOPIC_PREFIX,
+    Setting("data_dir", "KGW_DEV_DATA_DIR", None,
+            "broker data directory (empty: a temporary one, removed on exit)"),
+    Setting("bot", "KGW_DEV_BOT", None, "start the echo bot", boolean),
+), DevSettings())
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--port", type=int, default=8080,
-                   help="WebSocket port (a free one is used if taken)")
-    p.add_argument("--metrics-port", type=int, default=9100,
-                   help="metrics/health port (a free one if taken)")
-    p.add_argument("--kafka-port", type=int, default=9092,
-                   help="Kafka port (a free one if taken)")
-    p.add_argument("--topic-prefix", default="knowlarity")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="broker data (default: a temporary directory, removed on exit)")
-    p.add_argument("--no-bot", action="store_true", help="do not start the echo bot")
+    add_settings(p, DEV_SETTINGS)
 
 
 def _port(preferred: int) -> int:
@@ -82,30 +115,40 @@ def http_ready(url: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:
+        settings: DevSettings = from_args(DevSettings(), DEV_SETTINGS, args)
+    except SettingError as e:
+        print(f"knowlarity-gateway dev: {e}", file=sys.stderr)
+        return 2
+    return _run(settings)
+
+
+def _run(settings: DevSettings) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    kafka = localkafka.LocalKafka(data_dir=args.data_dir, port=_port(args.kafka_port))
+    kafka = localkafka.LocalKafka(data_dir=Path(settings.data_dir) if settings.data_dir else None,
+                                  port=_port(settings.kafka_port))
     children: list[Child] = []
     try:
         print("starting Kafka (the first run downloads its jars from Maven Central) ...",
               flush=True)
         bootstrap = kafka.start()
-        ws_port, metrics_port = _port(args.port), _port(args.metrics_port)
+        ws_port, metrics_port = _port(settings.port), _port(settings.metrics_port)
         py = [sys.executable, "-m", "gateway"]
         node = _child("gateway", py + [
             "serve", "--listen", f"tcp:{ws_port}:interface=127.0.0.1", "--kafka", bootstrap,
-            "--node-id", "dev-node", "--topic-prefix", args.topic_prefix,
+            "--node-id", "dev-node", "--topic-prefix", settings.topic_prefix,
             "--metrics-listen", f"tcp:{metrics_port}:interface=127.0.0.1",
             "--drain-timeout-s", "2",
         ])
         children.append(node)
         _wait("the gateway", lambda: http_ready(f"http://127.0.0.1:{metrics_port}/readyz"),
               children, 90)
-        if not args.no_bot:
+        if settings.bot:
             bot_ready = threading.Event()
             bot = _child("bot", py + ["bot", "echo", "--kafka", bootstrap,
-                                      "--topic-prefix", args.topic_prefix],
+                                      "--topic-prefix", settings.topic_prefix],
                          watch=lambda line: BOT_READY_MARK in line and bot_ready.set())
             children.append(bot)
             _wait("the echo bot", bot_ready.is_set, children, 90)

@@ -18,6 +18,7 @@ import pytest
 from gateway.bot.echo import EchoBotSettings
 from gateway.cli import build_parser, command_settings
 from gateway.config import NodeConfig
+from gateway.dev import DEV_SETTINGS, DevSettings
 from gateway.settings import SettingError, boolean, from_args
 from gateway.simulator.command import SIMULATE_SETTINGS, SimulateSettings
 
@@ -28,6 +29,7 @@ BUILD: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], Any]] = {
     "serve": lambda a, e: NodeConfig.from_args(a, e),
     "bot echo": lambda a, e: EchoBotSettings.from_args(a, e),
     "simulate": lambda a, e: from_args(SimulateSettings(), SIMULATE_SETTINGS, a, e),
+    "dev": lambda a, e: from_args(DevSettings(), DEV_SETTINGS, a, e),
 }
 
 
