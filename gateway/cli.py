@@ -28,8 +28,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     from gateway.bridge import as_deferred
     from gateway.clock import LoopClock
-    from gateway.logs import start_logging
     from gateway.node import Node
+    from gateway.ops.logs import start_logging
 
     start_logging(config.log_format, config.log_level, node_id=config.node_id)
     log = Logger()

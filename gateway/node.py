@@ -14,18 +14,18 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 
+from gateway.adapter.registry import Registry
+from gateway.adapter.server import ProviderFactory, ProviderProtocol
 from gateway.bridge import wait_deferred
-from gateway.bus import Bus
 from gateway.config import NodeConfig
 from gateway.core import model as m
 from gateway.core.call import State
 from gateway.core.errors import CloseCode
 from gateway.core.playout import AudioBudget
-from gateway.lease_keeper import LeaseKeeper
-from gateway.logs import printable
-from gateway.metrics import Metrics
-from gateway.registry import Registry
-from gateway.server import ProviderFactory, ProviderProtocol
+from gateway.kafka.bus import Bus
+from gateway.lease.keeper import LeaseKeeper
+from gateway.ops.logs import printable
+from gateway.ops.metrics import Metrics
 
 log = Logger()
 
@@ -33,7 +33,7 @@ log = Logger()
 class Node:
     def __init__(self, config: NodeConfig, reactor: Any, metrics: Metrics | None = None,
                  clock: Any = None, bus: Any = None, handshake_clock: Any = None) -> None:
-        """``bus``: the Kafka side (default: a ``gateway.bus.Bus``; tests pass
+        """``bus``: the Kafka side (default: a ``gateway.kafka.bus.Bus``; tests pass
         ``gateway.testing.RecordingBus``). ``handshake_clock``: Autobahn's handshake
         timers (default: the global reactor)."""
         self.config = config
@@ -51,7 +51,7 @@ class Node:
         self.bus = bus if bus is not None else Bus(config, self.metrics, clock=self.clock)
         self.bus.attach(on_command=self._on_command, on_fatal=self._bus_failed,
                         on_end_delivered=lambda call_id: self.lease.end_delivered(call_id))
-        # The node's lease on the nodes topic: its calls end even if it dies (gateway.lease).
+        # The node's lease on the nodes topic: its calls end even if it dies (gateway.lease.rules).
         self.lease = self._new_lease()
         # Set when the node must stop on its own (its bus failed for good): the
         # entry point exits non-zero, so the orchestrator restarts it.
@@ -73,7 +73,7 @@ class Node:
         commands can be received."""
         c = self.config
         if c.metrics_listen:
-            from gateway.status import status_site
+            from gateway.ops.status import status_site
 
             site = status_site(lambda: self.ready, self.metrics.registry)
             self._status_port = await wait_deferred(

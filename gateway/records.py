@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 
-from gateway import lease
 from gateway.core import commands
 from gateway.core import model as m
 from gateway.core.commands import CommandLimits
+from gateway.lease import rules as lease
 from gateway.proto.knowlarity.gateway.v1 import command_pb2, inbound_pb2, nodes_pb2, outbound_pb2
 
 _END_REASON = {r: inbound_pb2.EndReason.Value("END_REASON_" + r.name) for r in m.EndReason}
@@ -224,7 +224,7 @@ def decode_outbound(data: bytes) -> outbound_pb2.OutboundRecord:
     return rec
 
 
-# --- node leases (<prefix>.nodes; see gateway.lease) -----------------------------
+# --- node leases (<prefix>.nodes; see gateway.lease.rules) -----------------------------
 
 
 def _held_to_proto(calls: tuple[lease.HeldCall, ...]) -> list[nodes_pb2.HeldCall]:

@@ -8,11 +8,11 @@ import pytest
 from test_clock import run_in_own_loop
 from test_server import Provider, make_node, metric, node
 
-from gateway import bus as bus_module
-from gateway.bus import Bus
 from gateway.config import NodeConfig
-from gateway.metrics import Metrics
+from gateway.kafka import bus as bus_module
+from gateway.kafka.bus import Bus
 from gateway.node import Node
+from gateway.ops.metrics import Metrics
 
 
 @pytest.mark.parametrize(("failures", "fatal"), [(1, False), (4, False), (5, True)])

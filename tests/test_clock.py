@@ -11,11 +11,11 @@ from typing import Any, TypeVar
 import pytest
 
 from gateway import records
-from gateway.bus import Bus
 from gateway.clock import LoopClock, wall_offset
 from gateway.config import NodeConfig
 from gateway.core import model as m
-from gateway.metrics import Metrics
+from gateway.kafka.bus import Bus
+from gateway.ops.metrics import Metrics
 
 T = TypeVar("T")
 

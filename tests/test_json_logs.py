@@ -22,7 +22,13 @@ from twisted.logger import Logger, LogLevel, LogPublisher
 from twisted.python.failure import Failure
 
 from gateway.bot.echo import EchoBotSettings
-from gateway.logs import JsonFormatter, event_as_json, json_observer, stdlib_handler, text_observer
+from gateway.ops.logs import (
+    JsonFormatter,
+    event_as_json,
+    json_observer,
+    stdlib_handler,
+    text_observer,
+)
 from gateway.settings import SettingError
 
 NODE_ID = "jsonlog1"

@@ -1,4 +1,4 @@
-"""The lease rules of gateway.lease, on values alone: expiry, claims, fencing, what to write."""
+"""The lease rules (gateway.lease.rules) on values alone: expiry, claims, fencing, what to write."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway import lease as ls
 from gateway import records
 from gateway.core import model as m
+from gateway.lease import rules as ls
 
 T = ls.Timing(lease_s=3.0, margin_s=2.0)  # deadline: 5 s of proven silence
 ME = "me"
@@ -296,7 +296,7 @@ def test_node_lost_end_reaches_the_wire() -> None:
 
 
 def test_lease_module_is_pure() -> None:
-    """gateway.lease imports no I/O: no asyncio, Twisted, aiokafka, sockets or protobuf."""
+    """gateway.lease.rules imports no I/O: no asyncio, Twisted, aiokafka, sockets or protobuf."""
     tree = ast.parse(Path(ls.__file__).read_text())
     imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}

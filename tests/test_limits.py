@@ -1,4 +1,4 @@
-"""gateway/limits.py: the worst-case memory formula, and the deploy manifests that rely on it."""
+"""gateway/ops/limits.py: the worst-case memory formula, and the manifests that rely on it."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import aiokafka
 import pytest
 from twisted.internet.abstract import FileDescriptor
 
-from gateway import limits
 from gateway.config import NODE_SETTINGS, NodeConfig, add_node_arguments
-from gateway.limits import KiB, MiB
+from gateway.ops import limits
+from gateway.ops.limits import KiB, MiB
 
 DEPLOY = Path(__file__).parent.parent / "deploy"
 

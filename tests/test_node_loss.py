@@ -1,4 +1,4 @@
-"""A SIGKILLed node's calls still end exactly once on the bus (gateway.lease).
+"""A SIGKILLed node's calls still end exactly once on the bus (gateway.lease.rules).
 
 Every node runs as its own process (``knowlarity-gateway serve``), so it can be
 killed without any chance to clean up; the simulated provider is a process too.
@@ -19,7 +19,7 @@ from test_end_to_end import PATH, in_twisted, reading
 
 from gateway.children import Child
 from gateway.core import model as m
-from gateway.lease import LOST_SEQ
+from gateway.lease.rules import LOST_SEQ
 from gateway.ports import free_port
 from gateway.records import end_reason
 from gateway.testing import InboundReader

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.outbox import Entry, Loss, Outbox
+from gateway.kafka.outbox import Entry, Loss, Outbox
 
 IN = "knowlarity.calls.inbound"
 OUT = "knowlarity.calls.outbound"

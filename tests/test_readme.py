@@ -11,10 +11,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from gateway import limits
 from gateway.cli import command_settings
 from gateway.config import NODE_SETTINGS
 from gateway.core.errors import CloseCode
+from gateway.ops import limits
 from gateway.settings import markdown_table
 
 ROOT = Path(__file__).parent.parent

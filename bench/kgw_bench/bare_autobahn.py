@@ -59,7 +59,7 @@ def build_factory(counters: Counters, paths: Sequence[str], max_frame_bytes: int
     from autobahn.util import encode_truncate
     from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 
-    from gateway.paths import match_path
+    from gateway.adapter.paths import match_path
 
     accepted = tuple(paths)
     wave = AudioContentType.WAVE
@@ -115,7 +115,7 @@ def build_factory(counters: Counters, paths: Sequence[str], max_frame_bytes: int
 
     factory = WebSocketServerFactory("ws://0.0.0.0")
     factory.protocol = EchoProtocol
-    # As gateway.server.ProviderFactory sets them.
+    # As gateway.adapter.server.ProviderFactory sets them.
     factory.setProtocolOptions(
         maxFramePayloadSize=max_frame_bytes,
         maxMessagePayloadSize=max_frame_bytes,

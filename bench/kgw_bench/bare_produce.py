@@ -37,8 +37,8 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 
 from gateway import records
-from gateway.bus import ensure_topics
 from gateway.core import model as m
+from gateway.kafka.bus import ensure_topics
 from gateway.stats import percentiles
 
 RATE = 16000

@@ -54,6 +54,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from gateway import records, topics
+from gateway.adapter.paths import match_path
 from gateway.core import model as m
 from gateway.core.errors import CloseCode, ProtocolError
 from gateway.core.knowlarity import (
@@ -63,7 +64,6 @@ from gateway.core.knowlarity import (
     encode_transfer,
     parse_start,
 )
-from gateway.paths import match_path
 
 PATHS = ("/vaani/knowlarity/setup-call-streams", "/knowlarity-stream")
 

@@ -425,7 +425,7 @@ def run(args: argparse.Namespace) -> int:
     except SettingError as e:
         print(f"knowlarity-gateway bot echo: {e}", file=sys.stderr)
         return 2
-    from gateway.logs import stdlib_handler
+    from gateway.ops.logs import stdlib_handler
 
     # json: on stdout, as the node writes it; text: on stderr, as people read it.
     out = sys.stdout if settings.log_format == "json" else sys.stderr

@@ -1,6 +1,6 @@
 """In-memory stand-ins for a node's edges, for tests without a broker or a socket.
 
-``RecordingBus`` takes the place of ``gateway.bus.Bus``: it keeps what the node
+``RecordingBus`` takes the place of ``gateway.kafka.bus.Bus``: it keeps what the node
 publishes, in order, and feeds the node commands as the broker would.
 ``node_in_memory`` builds a real ``Node`` on Twisted's ``MemoryReactorClock``
 with such a bus and a clock of its own for Autobahn's handshake timers; drive
@@ -21,7 +21,7 @@ from gateway.node import Node
 
 
 class RecordingBus:
-    """Stands in for ``gateway.bus.Bus``: keeps what the node hands it, in order."""
+    """Stands in for ``gateway.kafka.bus.Bus``: keeps what the node hands it, in order."""
 
     delivering = True
     healthy = True

@@ -20,8 +20,8 @@ from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from gateway.adapter.server import ProviderProtocol
 from gateway.core.knowlarity import encode_start
-from gateway.server import ProviderProtocol
 
 if TYPE_CHECKING:
     from gateway.node import Node

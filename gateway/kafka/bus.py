@@ -47,9 +47,9 @@ from gateway import records
 from gateway.clock import wall_offset
 from gateway.config import NodeConfig
 from gateway.core import model as m
-from gateway.kafka_clients import stop_within
-from gateway.metrics import Metrics
-from gateway.outbox import RECORD_OVERHEAD_BYTES, Entry, Loss, Outbox
+from gateway.kafka.clients import stop_within
+from gateway.kafka.outbox import RECORD_OVERHEAD_BYTES, Entry, Loss, Outbox
+from gateway.ops.metrics import Metrics
 
 log = Logger()
 

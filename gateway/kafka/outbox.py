@@ -27,7 +27,7 @@ Records taken by the producer and not sent (no leader within the request
 timeout) come back with ``put_back`` at the front of their partition, in
 order: they were never written, so sending them again cannot duplicate.
 
-Pure: no Kafka here. ``gateway.bus`` drains it into the producer.
+Pure: no Kafka here. ``gateway.kafka.bus`` drains it into the producer.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The Kafka side of node leases: heartbeats, claims and NODE_LOST ends.
 
-The rules (who is expired, who wins, what to write) are in ``gateway.lease``,
+The rules (who is expired, who wins, what to write) are in ``gateway.lease.rules``,
 whose docstring explains the mechanism and its bounds; this module only moves
 records. It has its own producer (idempotent, ``acks=all``, no linger), so a
 lease never waits behind a backlog of call audio on the bus's producer, and a
@@ -22,10 +22,10 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from twisted.logger import Logger
 
-from gateway import lease as ls
 from gateway import records, topics
 from gateway.config import NodeConfig
-from gateway.kafka_clients import CLOSE_TIMEOUT_S, stop_within
+from gateway.kafka.clients import CLOSE_TIMEOUT_S, stop_within
+from gateway.lease import rules as ls
 
 log = Logger()
 

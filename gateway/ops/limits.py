@@ -29,14 +29,14 @@ from dataclasses import dataclass
 
 from gateway.config import NODE_SETTINGS, NodeConfig
 from gateway.core import commands, knowlarity
-from gateway.outbox import RECORD_OVERHEAD_BYTES
+from gateway.kafka.outbox import RECORD_OVERHEAD_BYTES
 from gateway.settings import Setting
 
 KiB = 1024
 MiB = 1024 * KiB
 
 # The interpreter, its libraries and an idle node. Measured (CPython 3.11.7,
-# Linux x86-64): ``.venv/bin/python -c "import gateway.node, gateway.bus,
+# Linux x86-64): ``.venv/bin/python -c "import gateway.node, gateway.kafka.bus,
 # aiokafka, numpy, soxr, autobahn, twisted"`` then VmRSS from /proc/self/status:
 # 75.9 MiB (three runs, 77688-77732 kB). bench/RESULTS.md reports an idle
 # serving node at 72.8 MiB (74560 kB). Rounded up generously to 128 MiB: the
@@ -71,7 +71,7 @@ MARKER_BASE_BYTES = 256
 STR_OVERHEAD_BYTES = 64
 PAIR_OVERHEAD_BYTES = 64
 
-# aiokafka's producer copies records into batches (gateway.bus: 256 KiB each);
+# aiokafka's producer copies records into batches (gateway.kafka.bus: 256 KiB each);
 # per partition one batch is being sent and one waits. The node's producer
 # writes to the inbound and outbound topics, each with --inbound-partitions
 # partitions when the node created them.

@@ -1,6 +1,6 @@
 """Node leases: every started call ends exactly once on the bus, whatever happens to its node.
 
-Pure: values in, decisions out; ``gateway.lease_keeper`` does the Kafka I/O and
+Pure: values in, decisions out; ``gateway.lease.keeper`` does the Kafka I/O and
 ``gateway.records`` the protobuf. Times are seconds on the keeper's monotonic
 clock unless named ``*_us`` (wall clock, microseconds, as on the wire).
 

@@ -26,14 +26,14 @@ from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.adapter.paths import match_path
 from gateway.config import NodeConfig
 from gateway.core import model as m
 from gateway.core.call import Call
 from gateway.core.errors import CloseCode
 from gateway.core.playout import AudioBudget
-from gateway.logs import printable
-from gateway.metrics import Metrics
-from gateway.paths import match_path
+from gateway.ops.logs import printable
+from gateway.ops.metrics import Metrics
 
 
 class CallHost(Protocol):
