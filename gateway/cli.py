@@ -76,8 +76,13 @@ def command_settings() -> dict[str, tuple[Setting, ...]]:
     from gateway.dev import DEV_SETTINGS
     from gateway.simulator.command import SIMULATE_SETTINGS
 
-    return {"serve": NODE_SETTINGS, "bot echo": ECHO_BOT_SETTINGS,
-            "simulate": SIMULATE_SETTINGS, "dev": DEV_SETTINGS}
+    tables = {"serve": NODE_SETTINGS, "bot echo": ECHO_BOT_SETTINGS,
+              "simulate": SIMULATE_SETTINGS, "dev": DEV_SETTINGS}
+    try:  # a dev install only (see _add_bench)
+        from kgw_bench.command import BENCH_SETTINGS
+    except ImportError:
+        return tables
+    return {**tables, "bench": BENCH_SETTINGS}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,8 +11,13 @@ from gateway.cli import BENCH_MISSING, build_parser, main
 
 def test_bench_is_registered_from_a_dev_install() -> None:
     """With kgw_bench importable, ``bench`` parses the benchmark's own options."""
-    args = build_parser().parse_args(["bench", "--calls", "5", "--seconds", "2"])
-    assert (args.calls, args.seconds) == (5, 2)
+    from gateway.settings import from_args
+    from kgw_bench.command import BENCH_SETTINGS, BenchSettings
+
+    args = build_parser().parse_args(["bench", "--calls", "5", "--seconds", "2", "--ceilings",
+                                      "false"])
+    s = from_args(BenchSettings(), BENCH_SETTINGS, args, {})
+    assert (s.load.calls, s.load.seconds, s.ceilings) == (5, 2.0, False)
 
 
 @pytest.mark.parametrize("argv", [["bench"], ["bench", "--calls", "5", "--json"], ["bench", "-h"]])

@@ -21,6 +21,7 @@ from gateway.config import NodeConfig
 from gateway.dev import DEV_SETTINGS, DevSettings
 from gateway.settings import SettingError, boolean, from_args
 from gateway.simulator.command import SIMULATE_SETTINGS, SimulateSettings
+from kgw_bench.command import BENCH_SETTINGS, BenchSettings
 
 COMMANDS = sorted(command_settings())
 
@@ -30,6 +31,7 @@ BUILD: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], Any]] = {
     "bot echo": lambda a, e: EchoBotSettings.from_args(a, e),
     "simulate": lambda a, e: from_args(SimulateSettings(), SIMULATE_SETTINGS, a, e),
     "dev": lambda a, e: from_args(DevSettings(), DEV_SETTINGS, a, e),
+    "bench": lambda a, e: from_args(BenchSettings(), BENCH_SETTINGS, a, e),
 }
 
 

@@ -4,34 +4,75 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.settings import (
+    Setting,
+    SettingError,
+    add_settings,
+    boolean,
+    from_args,
+    kafka_servers,
+    non_negative,
+    positive,
+    with_defaults,
+)
 from kgw_bench.run import Load, bench_once
 
 
+@dataclass(frozen=True)
+class BenchSettings:
+    load: Load = field(default_factory=lambda: Load(calls=100))
+    kafka: str = ""  # empty: start a broker of our own
+    ceilings: bool = True
+    capacity: bool = False
+    log_dir: str = ""
+    json: bool = False
+
+
+def _kafka_or_ours(text: str) -> str:
+    return kafka_servers(text) if text.strip() else ""
+
+
+BENCH_SETTINGS: tuple[Setting, ...] = with_defaults((
+    Setting("calls", "KGW_BENCH_CALLS", None, "concurrent calls", positive(int),
+            path="load.calls"),
+    Setting("seconds", "KGW_BENCH_SECONDS", None, "length of each call", positive(float),
+            path="load.seconds"),
+    Setting("warmup_s", "KGW_BENCH_WARMUP_S", None, "seconds after the ramp before measuring",
+            non_negative(float), path="load.warmup"),
+    Setting("ramp_s", "KGW_BENCH_RAMP_S", None, "spread call starts over this many seconds",
+            non_negative(float), path="load.ramp"),
+    Setting("kafka", "KGW_BENCH_KAFKA", None,
+            "use this broker, HOST:PORT[,...] (empty: start one of our own)", _kafka_or_ours),
+    Setting("gateways", "KGW_BENCH_GATEWAYS", None, "gateway processes sharing the calls",
+            positive(int), path="load.gateways"),
+    Setting("loadgen_procs", "KGW_BENCH_LOADGEN_PROCS", None, "load generator processes",
+            positive(int), path="load.loadgen_procs"),
+    Setting("aggregate_ms", "KGW_BENCH_AGGREGATE_MS", None,
+            "the node's --aggregate-ms (0: its default)", non_negative(int),
+            path="load.aggregate_ms"),
+    Setting("ceilings", "KGW_BENCH_CEILINGS", None,
+            "also measure the ceilings (bare Autobahn, bare aiokafka, the peer bridge)", boolean),
+    Setting("log_dir", "KGW_BENCH_LOG_DIR", None,
+            "keep the processes' logs here (empty: a temporary directory)"),
+    Setting("profile", "KGW_BENCH_PROFILE", None,
+            "py-spy the gateway during the window (raw stacks in the log dir)", boolean,
+            path="load.profile"),
+    Setting("capacity", "KGW_BENCH_CAPACITY", None,
+            "search the most calls with no loss and inbound p99 under 25 ms", boolean),
+    Setting("json", "KGW_BENCH_JSON", None, "last line: one JSON object", boolean),
+), BenchSettings())
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--calls", type=int, default=100, help="concurrent calls (default 100)")
-    p.add_argument("--seconds", type=float, default=20.0, help="length of each call")
-    p.add_argument("--warmup", type=float, default=3.0,
-                   help="seconds after the ramp before measuring")
-    p.add_argument("--ramp", type=float, default=2.0, help="spread call starts over this")
-    p.add_argument("--kafka", default="", help="use this broker instead of starting one")
-    p.add_argument("--gateways", type=int, default=1, help="gateway processes sharing the calls")
-    p.add_argument("--loadgen-procs", type=int, default=1, help="load generator processes")
-    p.add_argument("--aggregate-ms", type=int, default=0,
-                   help="the node's --aggregate-ms (0: its default)")
-    p.add_argument("--no-ceilings", action="store_true",
-                   help="measure the gateway only (no bare Autobahn / aiokafka / peer runs)")
-    p.add_argument("--log-dir", type=Path, default=None, help="keep the processes' logs here")
-    p.add_argument("--profile", action="store_true",
-                   help="py-spy the gateway during the window (raw stacks in the log dir)")
-    p.add_argument("--capacity", action="store_true",
-                   help="search the most calls with no loss and inbound p99 under 25 ms")
-    p.add_argument("--json", action="store_true", help="last line: one JSON object")
+    add_settings(p, BENCH_SETTINGS)
 
 
 @contextmanager
@@ -47,27 +88,34 @@ def broker(given: str) -> Iterator[tuple[str, int | None]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    load = Load(calls=args.calls, seconds=args.seconds, warmup=args.warmup, ramp=args.ramp,
-                loadgen_procs=args.loadgen_procs, gateways=args.gateways,
-                aggregate_ms=args.aggregate_ms, profile=args.profile)
-    if args.log_dir:
-        args.log_dir.mkdir(parents=True, exist_ok=True)
-    with broker(args.kafka) as (bootstrap, broker_pid):
-        if args.capacity:
+    try:
+        s: BenchSettings = from_args(BenchSettings(), BENCH_SETTINGS, args)
+        if s.load.window_s <= 0 and not s.capacity:
+            raise SettingError(
+                f"--seconds {s.load.seconds:g} leaves no measuring window after --ramp-s "
+                f"{s.load.ramp:g} and --warmup-s {s.load.warmup:g}; give more seconds")
+    except SettingError as e:
+        print(f"knowlarity-gateway bench: {e}", file=sys.stderr)
+        return 2
+    log_dir = Path(s.log_dir) if s.log_dir else None
+    if log_dir:
+        log_dir.mkdir(parents=True, exist_ok=True)
+    with broker(s.kafka) as (bootstrap, broker_pid):
+        if s.capacity:
             from kgw_bench.capacity import search
 
-            log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="kgw-capacity-"))
-            found = search(bootstrap, seconds=args.seconds, log_dir=log_dir,
+            log_dir = log_dir or Path(tempfile.mkdtemp(prefix="kgw-capacity-"))
+            found = search(bootstrap, seconds=s.load.seconds, log_dir=log_dir,
                            broker_pid=broker_pid)
             print(f"capacity: {found['capacity_calls']} calls "
                   f"(first failing: {found['first_failing_calls']})")
-            if args.json:
+            if s.json:
                 print(json.dumps(found, separators=(",", ":")))
             return 0
-        result = bench_once(bootstrap, load, ceilings=not args.no_ceilings,
-                            log_dir=args.log_dir, broker_pid=broker_pid)
+        result = bench_once(bootstrap, s.load, ceilings=s.ceilings, log_dir=log_dir,
+                            broker_pid=broker_pid)
     print(summary(result))
-    if args.json:
+    if s.json:
         print(json.dumps(result, separators=(",", ":")))
     return 0
 
