@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from gateway.settings import Setting, SettingError
 
@@ -78,11 +79,11 @@ def command_settings() -> dict[str, tuple[Setting, ...]]:
 
     tables = {"serve": NODE_SETTINGS, "bot echo": ECHO_BOT_SETTINGS,
               "simulate": SIMULATE_SETTINGS, "dev": DEV_SETTINGS}
-    try:  # a dev install only (see _add_bench)
-        from kgw_bench.command import BENCH_SETTINGS
+    try:
+        bench = _bench_command()
     except ImportError:
         return tables
-    return {**tables, "bench": BENCH_SETTINGS}
+    return {**tables, "bench": bench.BENCH_SETTINGS}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,8 +128,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     """``bench`` from a dev install; elsewhere a ``bench`` that says how to get it."""
     help_ = "measure CPU, memory and latency under N calls"
     try:
-        # A checkout's dev install only: the runtime wheel (and the image) has no kgw_bench.
-        from kgw_bench import command as bench_command
+        bench_command = _bench_command()
     except ImportError as e:
         why = str(e)
         # No options and '-' not a prefix, so `bench --calls 5` also gets the message.
@@ -140,6 +140,13 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     bench_p = sub.add_parser("bench", help=help_)
     bench_command.add_arguments(bench_p)
     bench_p.set_defaults(func=bench_command.run)
+
+
+def _bench_command() -> ModuleType:
+    # A checkout's dev install only: the runtime wheel (and the image) has no kgw_bench.
+    from kgw_bench import command
+
+    return command
 
 
 def _bench_missing(why: str) -> int:
