@@ -40,6 +40,11 @@ def seconds(t_us: int) -> float:
     return t_us / 1_000_000
 
 
+def _us_or_zero(t: float | None, wall_offset: float) -> int:
+    """Optional times cross as 0 when absent (proto3 has no presence for scalars)."""
+    return 0 if t is None else us(t + wall_offset)
+
+
 # --- inbound -----------------------------------------------------------------
 
 
@@ -77,7 +82,7 @@ def inbound_to_proto(rec: m.Inbound, node_id: str,
     elif isinstance(body, m.PlaybackEvent):
         out.playback.CopyFrom(inbound_pb2.PlaybackEvent(
             kind=_PLAYBACK[body.kind], mark_name=body.mark_name,
-            samples=body.samples, detail=body.detail,
+            samples=body.samples, detail=body.detail, heard_ms=body.heard_ms,
         ))
     elif isinstance(body, m.CallEnded):
         out.ended.CopyFrom(inbound_pb2.CallEnded(
@@ -94,6 +99,14 @@ def inbound_to_proto(rec: m.Inbound, node_id: str,
     elif isinstance(body, m.CommandRejected):
         out.command_rejected.command_id = body.command_id
         out.command_rejected.reason = body.reason
+    elif isinstance(body, m.CaptureWithheld):
+        out.capture_withheld.CopyFrom(inbound_pb2.CaptureWithheld(
+            first_media_position_samples=body.first_media_position_samples,
+            samples=body.samples, frames=body.frames,
+            first_received_unix_us=_us_or_zero(body.first_received_at, wall_offset),
+            last_received_unix_us=_us_or_zero(body.last_received_at, wall_offset),
+            paused_unix_us=us(body.paused_at + wall_offset),
+        ))
     else:  # pragma: no cover - the union above is exhaustive
         raise TypeError(f"unknown inbound body {type(body).__name__}")
     return out
@@ -135,6 +148,7 @@ def command_to_proto(cmd: m.Command) -> command_pb2.Command:
     if isinstance(body, m.PlayAudio):
         out.play.pcm = body.pcm
         out.play.sample_rate = body.sample_rate
+        out.play.uninterruptible = body.uninterruptible
     elif isinstance(body, m.ClearAudio):
         out.clear.SetInParent()
     elif isinstance(body, m.Mark):
@@ -145,6 +159,10 @@ def command_to_proto(cmd: m.Command) -> command_pb2.Command:
         out.transfer.SetInParent()
         for k, v in body.parameters:
             out.transfer.parameters.add(key=k, value=v)
+    elif isinstance(body, m.PauseCapture):
+        out.pause_capture.SetInParent()
+    elif isinstance(body, m.ResumeCapture):
+        out.resume_capture.SetInParent()
     else:  # pragma: no cover - Refused never goes on the bus
         raise TypeError(f"unknown command body {type(body).__name__}")
     return out
@@ -172,7 +190,8 @@ def decode_command(data: bytes, limits: CommandLimits | None = None) -> m.Comman
     kind = pb.WhichOneof("body")
     body: m.CommandBody
     if kind == "play":
-        body = m.PlayAudio(pcm=pb.play.pcm, sample_rate=pb.play.sample_rate)
+        body = m.PlayAudio(pcm=pb.play.pcm, sample_rate=pb.play.sample_rate,
+                           uninterruptible=pb.play.uninterruptible)
     elif kind == "clear":
         body = m.ClearAudio()
     elif kind == "mark":
@@ -181,6 +200,10 @@ def decode_command(data: bytes, limits: CommandLimits | None = None) -> m.Comman
         body = m.HangUp()
     elif kind == "transfer":
         body = m.Transfer(tuple((p.key, p.value) for p in pb.transfer.parameters))
+    elif kind == "pause_capture":
+        body = m.PauseCapture()
+    elif kind == "resume_capture":
+        body = m.ResumeCapture()
     else:
         body = m.Refused(f"command with no known body ({kind!r})")
     command_id = pb.command_id

@@ -457,9 +457,10 @@ def test_record_seq_rises_by_one_across_every_record_of_a_call():
     clock.run_until(T0 + 5)
     clock.apply(call.on_socket_closed(1000, True, T0 + 6))
     recs = _published(clock.effects())
+    # Mark "one" lost nothing to the clear (its audio was all sent): reached once played.
     assert [type(r.body) for r in recs] == [
         m.CallStarted, m.CallerAudio, m.ProviderEvent, m.PlaybackEvent,  # CLEARED
-        m.PlaybackEvent, m.CallerAudio, m.CallEnded,  # MARK_REACHED "one", audio, end
+        m.CallerAudio, m.PlaybackEvent, m.CallEnded,  # audio, MARK_REACHED "one", end
     ]
     assert [r.record_seq for r in recs] == [0, 1, 2, 3, 4, 5, 6]
     assert {r.call_id for r in recs} == {CALL_ID}
@@ -646,7 +647,8 @@ def test_mark_is_reached_only_after_the_audio_before_it_has_played_out():
              if isinstance(e, m.Publish) and isinstance(e.record.body, m.PlaybackEvent)]
     assert len(marks) == 1
     at, event = marks[0]
-    assert (event.kind, event.mark_name) == (m.PlaybackKind.MARK_REACHED, "greeting-done")
+    assert (event.kind, event.mark_name, event.heard_ms) == (
+        m.PlaybackKind.MARK_REACHED, "greeting-done", 1000)
     assert at == pytest.approx(T0 + 2.0)
     assert len(_played(clock.effects(), 16000)) == 5
 
@@ -661,7 +663,8 @@ def test_mark_with_nothing_queued_is_reached_at_once():
 
 @pytest.mark.parametrize("kill_audio", [False, True])
 def test_clear_drops_queued_audio_and_releases_pending_marks(kill_audio):
-    """Clear reports CLEARED with the unsent samples, releases pending marks, sends no more."""
+    """Clear reports CLEARED with the unsent samples, releases the marks whose audio it cut as
+    MARK_CLEARED with what was heard, sends no more."""
     settings = CallSettings(kill_audio_on_clear=kill_audio,
                             playout=PlayoutSettings(clip_ms=200, lead_ms=300))
     call = _started(settings)
@@ -670,11 +673,12 @@ def test_clear_drops_queued_audio_and_releases_pending_marks(kill_audio):
     clock.apply(call.on_command(_cmd(m.Mark("a")), T0 + 1))
     clock.apply(call.on_command(_cmd(m.Mark("b")), T0 + 1))
     effects = clock.apply(call.on_command(_cmd(m.ClearAudio()), T0 + 1.05))
-    # Two 200 ms clips left at once; 600 ms = 9600 samples were still held.
+    # Two 200 ms clips left at once (T0+1, playing until T0+1.4); 600 ms = 9600 samples
+    # were still held. By T0+1.05, 50 ms of "a" had played; "b" had nothing of its own.
     assert _bodies(effects, m.PlaybackEvent) == [
         m.PlaybackEvent(m.PlaybackKind.CLEARED, samples=9600),
-        m.PlaybackEvent(m.PlaybackKind.MARK_REACHED, mark_name="a"),
-        m.PlaybackEvent(m.PlaybackKind.MARK_REACHED, mark_name="b"),
+        m.PlaybackEvent(m.PlaybackKind.MARK_CLEARED, mark_name="a", heard_ms=50),
+        m.PlaybackEvent(m.PlaybackKind.MARK_CLEARED, mark_name="b", heard_ms=0),
     ]
     if kill_audio:
         (text,) = _texts(effects)
@@ -986,7 +990,7 @@ def test_marks_beyond_the_bound_are_rejected_and_clear_releases_only_those_queue
     assert len(rejected) == 6
     effects = call.on_command(_cmd(m.ClearAudio()), T0 + 1)
     assert [e.kind for e in _bodies(effects, m.PlaybackEvent)] == (
-        [m.PlaybackKind.CLEARED] + [m.PlaybackKind.MARK_REACHED] * 4)
+        [m.PlaybackKind.CLEARED] + [m.PlaybackKind.MARK_CLEARED] * 4)
 
 
 def test_binary_frame_flood_counts_empty_frames_and_closes_with_1008():

@@ -12,6 +12,7 @@ from gateway.core.playout import (
     QUEUE_FULL,
     TOO_MANY_MARKERS,
     AudioBudget,
+    Cleared,
     Playout,
     PlayoutSettings,
     ReleasedAudio,
@@ -158,7 +159,8 @@ def test_a_clip_never_spans_a_marker_and_the_marker_waits_for_the_audio_before_i
     assert delay == pytest.approx(0.1)
     assert p.pump(T + 0.05) == ([], pytest.approx(0.05))
     released, delay = p.pump(T + 0.1)
-    assert released == [ReleasedMarker(Mark("m")), ReleasedAudio(after, 1600)]
+    assert released == [ReleasedMarker(Mark("m"), heard_samples=1600),
+                        ReleasedAudio(after, 1600)]
     assert delay is None
 
 
@@ -171,9 +173,9 @@ def test_unpaced_markers_follow_their_audio_at_once():
     p.enqueue_marker(Mark("m"))
     p.enqueue_audio(b)
     p.enqueue_marker(HangUp())
-    assert p.pump(T) == ([ReleasedAudio(a, 0), ReleasedMarker(Mark("m")),
+    assert p.pump(T) == ([ReleasedAudio(a, 0), ReleasedMarker(Mark("m"), heard_samples=1600),
                           ReleasedAudio(b[:6400], 1600), ReleasedAudio(b[6400:], 4800),
-                          ReleasedMarker(HangUp())], None)
+                          ReleasedMarker(HangUp(), heard_samples=4800)], None)
 
 
 def test_markers_on_an_idle_playout_are_released_at_once_in_order():
@@ -196,17 +198,19 @@ def test_empty_playout_releases_nothing_and_needs_no_wake():
 
 
 def test_clear_returns_dropped_samples_and_markers_in_order():
-    """Clear drops all unsent audio and hands back the queued markers, in order."""
+    """Clear drops all unsent audio and hands back the queued markers, cleared, in order."""
     p = Playout(PlayoutSettings(lead_ms=0, clip_ms=200), RATE)
     p.enqueue_audio(_pcm(300))
     p.pump(T)  # 200 ms released, 100 ms still held
     p.enqueue_marker(Mark("a"))
     p.enqueue_audio(_pcm(50))
     p.enqueue_marker(HangUp())
-    assert p.clear() == (1600 + 800, [Mark("a"), HangUp()])
+    # The 200 ms sent at T are all still playing at T: nothing of "a" heard yet.
+    assert p.clear(T) == Cleared(1600 + 800, (ReleasedMarker(Mark("a"), cleared=True),
+                                              ReleasedMarker(HangUp(), cleared=True)))
     assert p.queued_samples == 0
     assert p.released_samples == 3200
-    assert p.clear() == (0, [])
+    assert p.clear(T) == Cleared(0, ())
 
 
 def test_clear_keeps_the_playout_clock_and_media_position():
@@ -214,7 +218,7 @@ def test_clear_keeps_the_playout_clock_and_media_position():
     p = Playout(PlayoutSettings(lead_ms=0, clip_ms=200), RATE)
     p.enqueue_audio(_pcm(1000))
     p.pump(T)
-    p.clear()
+    p.clear(T)
     p.enqueue_marker(Mark("after"))
     assert p.pump(T + 0.1) == ([], pytest.approx(0.1))
     assert p.pump(T + 0.2)[0] == [ReleasedMarker(Mark("after"))]
@@ -267,8 +271,8 @@ def test_node_budget_is_shared_and_returned_by_release_and_clear():
     a.pump(T)  # one 20 ms clip released: 640 bytes back
     assert budget.used == 3200 - 640
     assert b.enqueue_audio(_pcm(20)) is None
-    a.clear()
-    b.clear()
+    a.clear(T)
+    b.clear(T)
     assert budget.used == 0
 
 
@@ -336,7 +340,7 @@ def test_driving_the_returned_delays_always_makes_progress(settings, rate, start
     else:
         pytest.fail("the playout never drained")
     assert b"".join(r.pcm for r in _audio(out)) == pcm
-    assert out[-1] == ReleasedMarker(Mark("end"))
+    assert out[-1] == ReleasedMarker(Mark("end"), heard_samples=len(pcm) // 2)
 
 
 def test_only_one_hang_up_or_transfer_waits_at_a_time():
@@ -346,5 +350,5 @@ def test_only_one_hang_up_or_transfer_waits_at_a_time():
     assert p.enqueue_marker(HangUp()) is None
     assert p.enqueue_marker(Transfer((("parameter1", "default"),))) == END_QUEUED
     assert p.enqueue_marker(Mark("still fine")) is None
-    p.clear()
+    p.clear(T)
     assert p.enqueue_marker(Transfer((("parameter1", "default"),))) is None

@@ -91,14 +91,46 @@ def test_provider_event_carries_the_text_as_received():
 @pytest.mark.parametrize(
     ("kind", "number"),
     [(m.PlaybackKind.MARK_REACHED, 1), (m.PlaybackKind.CLEARED, 2),
-     (m.PlaybackKind.AUDIO_DROPPED, 3)],
+     (m.PlaybackKind.AUDIO_DROPPED, 3), (m.PlaybackKind.MARK_CLEARED, 4)],
 )
 def test_playback_events_keep_kind_mark_samples_and_detail(kind, number):
     """Every playback kind maps to its fixed enum number and back, with its fields."""
-    pb = _round_trip(m.PlaybackEvent(kind, mark_name="m-1", samples=480, detail="why"))
+    pb = _round_trip(m.PlaybackEvent(kind, mark_name="m-1", samples=480, detail="why",
+                                     heard_ms=1250))
     p = pb.playback
-    assert (p.kind, p.mark_name, p.samples, p.detail) == (number, "m-1", 480, "why")
+    assert (p.kind, p.mark_name, p.samples, p.detail, p.heard_ms) == (
+        number, "m-1", 480, "why", 1250)
     assert records.playback_kind(pb) is kind
+
+
+def test_every_playback_kind_is_covered():
+    """The playback-kind table above names every kind the core has."""
+    assert len(m.PlaybackKind) == 4
+
+
+@pytest.mark.parametrize(
+    ("first_at", "last_at", "first_us", "last_us"),
+    [(1.000001, 2.5, 1_000_001, 2_500_000), (None, None, 0, 0)],
+)
+def test_capture_withheld_keeps_the_range_and_its_times(first_at, last_at, first_us, last_us):
+    """CaptureWithheld keeps the withheld range, its frame count and times (0 when no frame
+    was withheld)."""
+    pb = _round_trip(m.CaptureWithheld(
+        first_media_position_samples=96_000, samples=48_000, frames=150,
+        first_received_at=first_at, last_received_at=last_at, paused_at=AT))
+    assert pb.WhichOneof("body") == "capture_withheld"
+    w = pb.capture_withheld
+    assert (w.first_media_position_samples, w.samples, w.frames, w.first_received_unix_us,
+            w.last_received_unix_us, w.paused_unix_us) == (
+        96_000, 48_000, 150, first_us, last_us, AT_US)
+
+
+def test_capture_withheld_times_are_on_the_wall_clock():
+    """Like every time on the bus, the withheld range's times get the wall offset."""
+    rec = m.Inbound("c", 0, 10.0, m.CaptureWithheld(0, 320, 1, 10.0, 10.0, 9.0))
+    w = records.decode_inbound(records.encode_inbound(rec, NODE, wall_offset=100.0))
+    assert (w.capture_withheld.first_received_unix_us, w.capture_withheld.paused_unix_us) == (
+        110_000_000, 109_000_000)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +189,10 @@ def test_undecodable_inbound_and_outbound_records_raise_bad_record(data):
 COMMANDS = [
     m.PlayAudio(pcm=b"\x01\x02" * 100, sample_rate=8000),
     m.PlayAudio(pcm=b"", sample_rate=48000),
+    m.PlayAudio(pcm=b"\x01\x02", sample_rate=16000, uninterruptible=True),
     m.ClearAudio(),
+    m.PauseCapture(),
+    m.ResumeCapture(),
     m.Mark(name="after-greeting"),
     m.HangUp(),
     m.Transfer(parameters=(("parameter1", "default"),)),
@@ -170,6 +205,22 @@ def test_commands_round_trip_through_protobuf(body):
     """Every command body survives encode and decode unchanged, with id and send time."""
     cmd = m.Command(call_id="call-1", body=body, command_id="cmd-3", sent_at=AT)
     assert records.decode_command(records.encode_command(cmd)) == cmd
+
+
+def test_a_play_without_the_flag_is_interruptible():
+    """A PlayAudio written before the uninterruptible field existed decodes as interruptible."""
+    assert records.decode_command(_pb_play(16000, b"\x00\x00")).body == m.PlayAudio(
+        b"\x00\x00", 16000, uninterruptible=False)
+
+
+@pytest.mark.parametrize(("field", "body"), [("pause_capture", m.PauseCapture()),
+                                             ("resume_capture", m.ResumeCapture())])
+def test_capture_commands_have_their_own_oneof_fields(field, body):
+    """PauseCapture and ResumeCapture go on the wire as their own body fields, 15 and 16."""
+    pb = command_pb2.Command.FromString(records.encode_command(m.Command("c", body)))
+    assert pb.WhichOneof("body") == field
+    assert command_pb2.Command.DESCRIPTOR.fields_by_name[field].number == (
+        15 if field == "pause_capture" else 16)
 
 
 def test_transfer_parameters_keep_their_order_on_the_wire():

@@ -9,8 +9,10 @@ out, in order. All state rules are in this file.
           +---- timeout / bad input -----+-- close / error / shutdown ----+--> ENDED
 
 Guarantee: once CallStarted is published, exactly one CallEnded follows,
-whatever way the call ends. A socket that never sends a valid start message
-gets no records at all (there is no call to speak of), only a close and a log.
+whatever way the call ends; every capture pause is followed by exactly one
+CaptureWithheld (at the resume, or before the CallEnded). A socket that
+never sends a valid start message gets no records at all (there is no call
+to speak of), only a close and a log.
 """
 
 from __future__ import annotations
@@ -18,18 +20,19 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from gateway.core import commands
+from gateway.core import capture, commands
 from gateway.core import knowlarity as codec
 from gateway.core import model as m
+from gateway.core.capture import CapturePause
 from gateway.core.commands import CommandLimits
 from gateway.core.errors import CloseCode, ProtocolError, UsageError
 from gateway.core.playout import (
     BYTES_PER_SAMPLE,
     AudioBudget,
-    Marker,
     Playout,
     PlayoutSettings,
     ReleasedAudio,
+    ReleasedMarker,
 )
 from gateway.core.rate import TokenBucket
 
@@ -58,7 +61,8 @@ class CallSettings:
     idle_timeout_s: float = 60.0
     default_sample_rate: int = 16000
     content_type: codec.AudioContentType = codec.AudioContentType.WAVE
-    # Send the undocumented killAudio on clear (best effort, see PROTOCOL.md).
+    # Send the undocumented killAudio on clear (best effort, see PROTOCOL.md); never
+    # while uninterruptible audio is queued or playing (see ``Call._clear``).
     kill_audio_on_clear: bool = False
     # Caller audio faster than this multiple of real time (after a grace
     # allowance) is a flood, not a phone call.
@@ -101,7 +105,10 @@ class Call:
         self._record_seq = 0
         self._audio_seq = 0
         self._media_samples = 0  # caller audio received
-        self._published_samples = 0  # ... of which published (the rest is held)
+        # Media position of the next CallerAudio: samples published and withheld (the
+        # rest of what was received is held for aggregation).
+        self._position = 0
+        self._pause: CapturePause | None = None
         self._held: list[bytes] = []
         self._held_samples = 0
         self._held_since = 0.0
@@ -147,7 +154,11 @@ class Call:
                 # close follows. Publish what is held back.
                 return self._flush_audio(now)
             effects: list[m.Effect]
-            if self._aggregate_samples:
+            if self._pause is not None:
+                self._pause.withhold(len(pcm) // BYTES_PER_SAMPLE, now)
+                self._position += len(pcm) // BYTES_PER_SAMPLE
+                effects = []
+            elif self._aggregate_samples:
                 effects = self._hold_audio(pcm, now)
             else:
                 effects = [self._audio_record(pcm, now, now)]
@@ -167,13 +178,13 @@ class Call:
     def _audio_record(self, pcm: bytes, received_at: float, now: float) -> m.Publish:
         chunk = m.CallerAudio(
             seq=self._audio_seq,
-            media_position_samples=self._published_samples,
+            media_position_samples=self._position,
             received_at=received_at,
             pcm=pcm,
             sample_rate=self.sample_rate,
         )
         self._audio_seq += 1
-        self._published_samples += len(pcm) // BYTES_PER_SAMPLE
+        self._position += len(pcm) // BYTES_PER_SAMPLE
         return self._record(now, chunk)
 
     def _hold_audio(self, pcm: bytes, now: float) -> list[m.Effect]:
@@ -263,9 +274,11 @@ class Call:
         why = commands.check(body, self._s.commands)
         if why:
             return [self._rejected(cmd, why, now)]
+        if isinstance(body, m.PauseCapture | m.ResumeCapture):
+            return self._pause_or_resume(cmd, body, now)
         playout = self._playout
         if isinstance(body, m.PlayAudio):
-            why = playout.enqueue_audio(body.pcm, body.sample_rate)
+            why = playout.enqueue_audio(body.pcm, body.sample_rate, body.uninterruptible)
             if why:
                 return [self._rejected(cmd, f"{why}: {len(body.pcm)} bytes at "
                                             f"{body.sample_rate} Hz refused", now)]
@@ -287,19 +300,48 @@ class Call:
         return self._record(now, m.CommandRejected(cmd.command_id, reason))
 
     def _clear(self, playout: Playout, now: float) -> list[m.Effect]:
-        """Drop queued audio; the markers it held are due at once (a hang-up still happens)."""
-        dropped, markers = playout.clear()
-        effects: list[m.Effect] = [
-            self._record(now, m.PlaybackEvent(m.PlaybackKind.CLEARED, samples=dropped))]
-        if self._s.kill_audio_on_clear:
+        """Drop queued interruptible audio; the markers it cleared with nothing kept ahead
+        are due at once (a hang-up still happens), the rest wait their turn.
+
+        killAudio (if on) is not sent while uninterruptible audio is queued or sent and
+        not yet played by the playout clock: it would cut what is playing, and since how
+        fast a provider acts on it is unknown (PROTOCOL.md), perhaps the kept audio sent
+        right after it."""
+        cleared = playout.clear(now)
+        kill = self._s.kill_audio_on_clear
+        protected = kill and playout.holds_uninterruptible(now)
+        detail = "killAudio not sent: uninterruptible audio is queued or playing" \
+            if protected else ""
+        effects: list[m.Effect] = [self._record(now, m.PlaybackEvent(
+            m.PlaybackKind.CLEARED, samples=cleared.dropped_samples, detail=detail))]
+        if kill and not protected:
             frame = codec.encode_kill_audio()
             effects += [m.SendText(frame),
                         self._outbound(now, m.ControlSent(m.ControlKind.KILL_AUDIO, frame))]
-        for marker in markers:
-            effects += self._release_marker(marker, now)
+        for released in cleared.released:
+            effects += self._release_marker(released, now)
             if self.state is not State.ACTIVE:
                 break
         return effects
+
+    def _pause_or_resume(self, cmd: m.Command, body: m.PauseCapture | m.ResumeCapture,
+                         now: float) -> list[m.Effect]:
+        """Caller audio held for aggregation was captured before the pause: published first."""
+        if isinstance(body, m.PauseCapture):
+            if self._pause is not None:
+                return [self._rejected(cmd, capture.ALREADY_PAUSED, now)]
+            effects = self._flush_audio(now)
+            self._pause = CapturePause(self._position, now)
+            return effects
+        if self._pause is None:
+            return [self._rejected(cmd, capture.NOT_PAUSED, now)]
+        return self._end_pause(now)
+
+    def _end_pause(self, now: float) -> list[m.Effect]:
+        if self._pause is None:
+            return []
+        pause, self._pause = self._pause, None
+        return [self._record(now, pause.withheld())]
 
     def end(self, reason: m.EndReason, detail: str, close_code: int,
             now: float) -> list[m.Effect]:
@@ -363,7 +405,7 @@ class Call:
                 effects.append(self._outbound(now, m.AudioSent(
                     item.pcm, self.sample_rate, item.media_position_samples)))
             else:
-                effects += self._release_marker(item.marker, now)
+                effects += self._release_marker(item, now)
                 if self.state is not State.ACTIVE:
                     # Audio released behind the hang-up or transfer is never sent.
                     unsent = sum(len(r.pcm) for r in released[i + 1:]
@@ -375,10 +417,13 @@ class Call:
             effects.append(m.SetTimer(PLAYOUT_TIMER, max(0.0, wake)))
         return effects
 
-    def _release_marker(self, marker: Marker, now: float) -> list[m.Effect]:
+    def _release_marker(self, released: ReleasedMarker, now: float) -> list[m.Effect]:
+        marker = released.marker
         if isinstance(marker, m.Mark):
-            return [self._record(now, m.PlaybackEvent(m.PlaybackKind.MARK_REACHED,
-                                                      mark_name=marker.name))]
+            event = m.PlaybackKind.MARK_CLEARED if released.cleared else m.PlaybackKind.MARK_REACHED
+            heard_ms = released.heard_samples * 1000 // self.sample_rate
+            return [self._record(now, m.PlaybackEvent(event, mark_name=marker.name,
+                                                      heard_ms=heard_ms))]
         if isinstance(marker, m.HangUp):
             frame, kind, reason = codec.encode_hang_up(), m.ControlKind.HANG_UP, \
                 m.EndReason.BOT_HANGUP
@@ -399,13 +444,14 @@ class Call:
     def _drop_queue(self, now: float, why: str) -> list[m.Effect]:
         if self._playout is None:
             return []
-        dropped, _markers = self._playout.clear()
+        dropped = self._playout.discard()
         return [self._dropped(now, dropped, why)] if dropped else []
 
     def _end(self, reason: m.EndReason, detail: str, close_code: int, now: float,
              close: str | None) -> list[m.Effect]:
         """Publish the one CallEnded; ``close`` is the reason to close the socket with, if open."""
-        effects = self._flush_audio(now) + self._drop_queue(now, "call ended")
+        effects = (self._flush_audio(now) + self._end_pause(now)
+                   + self._drop_queue(now, "call ended"))
         self.state = State.ENDED
         self.end_reason = reason
         effects.append(self._record(now, m.CallEnded(

@@ -58,6 +58,7 @@ class PlaybackKind(enum.Enum):
     MARK_REACHED = "mark_reached"
     CLEARED = "cleared"
     AUDIO_DROPPED = "audio_dropped"
+    MARK_CLEARED = "mark_cleared"
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,8 @@ class PlaybackEvent:
     mark_name: str = ""
     samples: int = 0
     detail: str = ""
+    # MARK_REACHED / MARK_CLEARED: ms of the mark's segment played (see inbound.proto).
+    heard_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -119,9 +122,22 @@ class CommandRejected:
     reason: str
 
 
+@dataclass(frozen=True)
+class CaptureWithheld:
+    """The caller audio one capture pause withheld: counted, never kept."""
+
+    first_media_position_samples: int
+    samples: int
+    frames: int
+    # Receive times of the first and last withheld frame; None if none was withheld.
+    first_received_at: float | None
+    last_received_at: float | None
+    paused_at: float
+
+
 InboundBody = (
     CallStarted | CallerAudio | ProviderEvent | PlaybackEvent | CallEnded | RecordsDropped
-    | CommandRejected
+    | CommandRejected | CaptureWithheld
 )
 
 
@@ -140,6 +156,8 @@ class Inbound:
 class PlayAudio:
     pcm: bytes
     sample_rate: int
+    # Kept through a clear and played in full.
+    uninterruptible: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,6 +181,16 @@ class Transfer:
 
 
 @dataclass(frozen=True)
+class PauseCapture:
+    pass
+
+
+@dataclass(frozen=True)
+class ResumeCapture:
+    pass
+
+
+@dataclass(frozen=True)
 class Refused:
     """A command decoded but refused by ``gateway.core.commands.check``: the call publishes a
     CommandRejected with this reason and does nothing else."""
@@ -170,7 +198,8 @@ class Refused:
     reason: str
 
 
-CommandBody = PlayAudio | ClearAudio | Mark | HangUp | Transfer | Refused
+CommandBody = (PlayAudio | ClearAudio | Mark | HangUp | Transfer | PauseCapture | ResumeCapture
+               | Refused)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,18 @@ are released once the audio before them has been played out, so a bot's
 
 The model of the provider's player: clips play back to back, each starting
 when it arrives or when the previous one ends, whichever is later.
+
+A clear discards the interruptible audio not yet sent and keeps the
+uninterruptible audio, in order. Markers are released in the order they were
+queued, each once, as reached or as cleared: a marker's segment is the audio
+queued after the marker (or clear) before it; it is cleared if the clear
+discarded audio of its segment (or its segment is empty and the marker before
+it was cleared by the same clear). A cleared marker with nothing kept ahead of
+it is released by the clear itself; every other marker waits, as always, for
+the audio ahead of it to play out. Each released marker says how much of its
+segment was heard by the playout clock (unpaced: sent counts as heard).
+Released audio always belongs to the first segment of the queue, so one
+counter (``_segment_released``) is enough, reset where a segment ends.
 """
 
 from __future__ import annotations
@@ -69,17 +81,23 @@ class _Audio:
     """One play command's audio, converted to the call's rate piece by piece as it is
     released: resampling a whole command at once could hold the reactor for tens of ms."""
 
-    __slots__ = ("converter", "_out", "_at", "reserved")
+    __slots__ = ("converter", "_out", "_at", "reserved", "uninterruptible")
 
-    def __init__(self, converter: Converter, reserved: int) -> None:
+    def __init__(self, converter: Converter, reserved: int, uninterruptible: bool) -> None:
         self.converter = converter
         self._out = b""  # converted, released from ``_at`` on
         self._at = 0
         self.reserved = reserved
+        self.uninterruptible = uninterruptible
 
     @property
     def pending_out(self) -> int:
         return len(self._out) - self._at
+
+    @property
+    def unreleased_bytes(self) -> int:
+        """At the call's rate (estimated while unconverted)."""
+        return self.converter.remaining_out_bytes + self.pending_out
 
     def take(self, limit: int) -> bytes:
         while self.pending_out < limit and not self.converter.done:
@@ -105,12 +123,44 @@ class ReleasedAudio:
     media_position_samples: int
 
 
+class _Waiting:
+    """A marker in the queue; ``cleared`` once a clear has discarded audio of its segment."""
+
+    __slots__ = ("marker", "cleared")
+
+    def __init__(self, marker: Marker, cleared: bool = False) -> None:
+        self.marker = marker
+        self.cleared = cleared
+
+
+class _SegmentEnd:
+    """Where a clear ended a segment that still holds uninterruptible audio: the audio
+    released after this belongs to the next segment."""
+
+
+_SEGMENT_END = _SegmentEnd()
+
+
 @dataclass(frozen=True)
 class ReleasedMarker:
     marker: Marker
+    # A clear discarded audio of its segment: a mark is reported cleared, not reached.
+    cleared: bool = False
+    # Samples of its segment played when it was released (see the module docstring).
+    heard_samples: int = 0
 
 
 Release = ReleasedAudio | ReleasedMarker
+
+
+@dataclass(frozen=True)
+class Cleared:
+    """What a clear did: interruptible samples discarded, and the markers it released at
+    once, in order (the others stay queued)."""
+
+    dropped_samples: int
+    released: tuple[ReleasedMarker, ...]
+
 
 QUEUE_FULL = "playout queue full"
 BUDGET_EXHAUSTED = "node playout budget exhausted"
@@ -126,7 +176,7 @@ class Playout:
         self._s = settings
         self._rate = sample_rate
         self._budget = budget or AudioBudget(settings.max_call_bytes)
-        self._queue: deque[_Audio | Marker] = deque()
+        self._queue: deque[_Audio | _Waiting | _SegmentEnd] = deque()
         self._held_bytes = 0
         self._markers = 0
         # A hang-up or transfer waiting: the call ends there, so a second one is
@@ -136,7 +186,11 @@ class Playout:
         self._lead = settings.lead_ms / 1000
         # When everything released so far will have finished playing.
         self._play_end = 0.0
+        # ... and the uninterruptible audio released so far (killAudio would cut it).
+        self._protected_until = 0.0
         self._released_samples = 0
+        # Released since the first segment of the queue began (see the module docstring).
+        self._segment_released = 0
 
     @property
     def held_bytes(self) -> int:
@@ -146,7 +200,7 @@ class Playout:
     @property
     def queued_samples(self) -> int:
         """Samples at the call's rate still to be released (estimated while unconverted)."""
-        return sum(item.converter.remaining_out_bytes + item.pending_out
+        return sum(item.unreleased_bytes
                    for item in self._queue if isinstance(item, _Audio)) // BYTES_PER_SAMPLE
 
     @property
@@ -157,10 +211,16 @@ class Playout:
     def markers(self) -> int:
         return self._markers
 
-    def enqueue_audio(self, pcm: bytes, rate: int | None = None) -> str | None:
+    def holds_uninterruptible(self, now: float) -> bool:
+        """Uninterruptible audio is queued, or sent and not yet played by the playout clock."""
+        return now < self._protected_until or any(
+            isinstance(item, _Audio) and item.uninterruptible for item in self._queue)
+
+    def enqueue_audio(self, pcm: bytes, rate: int | None = None,
+                      uninterruptible: bool = False) -> str | None:
         """Queue sample-aligned PCM at ``rate`` (default: the call's); None, or why it was
         refused whole. The size after conversion is computed from the length and the two
-        rates, before any work."""
+        rates, before any work. Uninterruptible audio survives a clear."""
         rate = rate or self._rate
         if not pcm:
             return None
@@ -169,7 +229,7 @@ class Playout:
             return QUEUE_FULL
         if not self._budget.reserve(need):
             return BUDGET_EXHAUSTED
-        self._queue.append(_Audio(Converter(pcm, rate, self._rate), need))
+        self._queue.append(_Audio(Converter(pcm, rate, self._rate), need, uninterruptible))
         self._held_bytes += need
         return None
 
@@ -179,21 +239,85 @@ class Playout:
             return END_QUEUED
         if self._markers >= self._s.max_markers:
             return TOO_MANY_MARKERS
-        self._queue.append(marker)
+        self._queue.append(_Waiting(marker))
         self._markers += 1
         self._end_queued = self._end_queued or ends
         return None
 
-    def clear(self) -> tuple[int, list[Marker]]:
-        """Drop queued audio. Returns samples dropped and the markers, now due at once."""
+    def clear(self, now: float) -> Cleared:
+        """Discard the interruptible audio not yet sent; keep the rest in order. Markers
+        cleared with nothing kept ahead of them are released at once (see the module
+        docstring for which markers are cleared)."""
+        in_flight = self._in_flight(now)
+        kept: deque[_Audio | _Waiting | _SegmentEnd] = deque()
+        released: list[ReleasedMarker] = []
+        dropped = 0
+        # The segment being walked: it is the first (its audio is being released) until
+        # something stays queued ahead; what the clear did to it.
+        first = True
+        has_audio = self._segment_released > 0
+        # previous_cleared: the marker before it was cleared by this clear.
+        cut = has_kept = previous_cleared = False
+        for item in self._queue:
+            if isinstance(item, _Audio):
+                has_audio = True
+                if item.uninterruptible:
+                    kept.append(item)
+                    has_kept = True
+                    first = False
+                else:
+                    dropped += item.unreleased_bytes
+                    self._account(item, item.reserved)
+                    cut = True
+                continue
+            if isinstance(item, _Waiting):
+                now_cleared = cut or (not has_audio and previous_cleared)
+                # Once cleared, cleared for good (a marker kept by an earlier clear).
+                cleared = item.cleared or now_cleared
+                if cleared and first:
+                    heard = max(0, self._segment_released - in_flight)
+                    released.append(ReleasedMarker(item.marker, True, heard))
+                    self._segment_released = 0
+                else:
+                    kept.append(_Waiting(item.marker, cleared))
+                    first = False
+                previous_cleared = now_cleared
+            else:
+                self._end_segment(kept, first, has_kept)
+                first = first and not has_kept
+                previous_cleared = False
+            has_audio = cut = has_kept = False
+        # The clear ends the last segment: audio queued after it starts a new one.
+        self._end_segment(kept, first, has_kept)
+        self._queue = kept
+        self._markers = sum(isinstance(item, _Waiting) for item in kept)
+        self._end_queued = any(isinstance(item, _Waiting) and not isinstance(item.marker, Mark)
+                               for item in kept)
+        return Cleared(dropped // BYTES_PER_SAMPLE, tuple(released))
+
+    def _end_segment(self, kept: deque[_Audio | _Waiting | _SegmentEnd], first: bool,
+                     has_kept: bool) -> None:
+        if has_kept:
+            kept.append(_SEGMENT_END)
+        elif first:
+            self._segment_released = 0
+
+    def discard(self) -> int:
+        """Drop everything queued, uninterruptible audio and markers too (the call is
+        ending). Returns the samples dropped."""
         dropped = self.queued_samples
-        markers = [item for item in self._queue if not isinstance(item, _Audio)]
         self._queue.clear()
         self._budget.release(self._held_bytes)
         self._held_bytes = 0
         self._markers = 0
         self._end_queued = False
-        return dropped, markers
+        return dropped
+
+    def _in_flight(self, now: float) -> int:
+        """Samples sent but not yet played by the playout clock; unpaced, sent is played."""
+        if not self._s.paced:
+            return 0
+        return round(max(0.0, self._play_end - now) * self._rate)
 
     def pump(self, now: float) -> tuple[list[Release], float | None]:
         """Release what is due at ``now``; returns it and the delay until the next release."""
@@ -214,13 +338,17 @@ class Playout:
                 if released is not None:
                     out.append(released)
                     clips += 1
-            else:
+            elif isinstance(head, _Waiting):
                 if self._s.paced and self._play_end > now:
                     return out, self._play_end - now
                 q.popleft()
                 self._markers -= 1
-                self._end_queued = self._end_queued and isinstance(head, Mark)
-                out.append(ReleasedMarker(head))
+                self._end_queued = self._end_queued and isinstance(head.marker, Mark)
+                out.append(ReleasedMarker(head.marker, head.cleared, self._segment_released))
+                self._segment_released = 0
+            else:
+                q.popleft()
+                self._segment_released = 0
         return out, None
 
     def _release_audio(self, now: float) -> ReleasedAudio | None:
@@ -228,9 +356,14 @@ class Playout:
         limit = self._clip_bytes
         parts: list[bytes] = []
         size = 0
-        # Join consecutive audio up to one clip; never across a marker.
-        while q and isinstance(q[0], _Audio) and size < limit:
+        head = q[0]
+        uninterruptible = isinstance(head, _Audio) and head.uninterruptible
+        # Join consecutive audio up to one clip; never across a marker, nor across a
+        # change of kind (a clip is wholly uninterruptible or not).
+        while q and size < limit:
             item = q[0]
+            if not isinstance(item, _Audio) or item.uninterruptible != uninterruptible:
+                break
             chunk = item.take(limit - size)
             self._account(item, len(chunk))
             if item.exhausted:
@@ -245,7 +378,10 @@ class Playout:
         samples = size // BYTES_PER_SAMPLE
         released = ReleasedAudio(pcm, self._released_samples)
         self._released_samples += samples
+        self._segment_released += samples
         self._play_end = max(self._play_end, now) + samples / self._rate
+        if uninterruptible:
+            self._protected_until = self._play_end
         return released
 
     def _account(self, item: _Audio, n: int) -> None:

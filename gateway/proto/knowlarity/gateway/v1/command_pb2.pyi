@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Command(_message.Message):
-    __slots__ = ("call_id", "command_id", "sent_unix_us", "play", "clear", "mark", "hang_up", "transfer")
+    __slots__ = ("call_id", "command_id", "sent_unix_us", "play", "clear", "mark", "hang_up", "transfer", "pause_capture", "resume_capture")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
     SENT_UNIX_US_FIELD_NUMBER: _ClassVar[int]
@@ -16,6 +16,8 @@ class Command(_message.Message):
     MARK_FIELD_NUMBER: _ClassVar[int]
     HANG_UP_FIELD_NUMBER: _ClassVar[int]
     TRANSFER_FIELD_NUMBER: _ClassVar[int]
+    PAUSE_CAPTURE_FIELD_NUMBER: _ClassVar[int]
+    RESUME_CAPTURE_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     command_id: str
     sent_unix_us: int
@@ -24,15 +26,19 @@ class Command(_message.Message):
     mark: Mark
     hang_up: HangUp
     transfer: Transfer
-    def __init__(self, call_id: _Optional[str] = ..., command_id: _Optional[str] = ..., sent_unix_us: _Optional[int] = ..., play: _Optional[_Union[PlayAudio, _Mapping]] = ..., clear: _Optional[_Union[ClearAudio, _Mapping]] = ..., mark: _Optional[_Union[Mark, _Mapping]] = ..., hang_up: _Optional[_Union[HangUp, _Mapping]] = ..., transfer: _Optional[_Union[Transfer, _Mapping]] = ...) -> None: ...
+    pause_capture: PauseCapture
+    resume_capture: ResumeCapture
+    def __init__(self, call_id: _Optional[str] = ..., command_id: _Optional[str] = ..., sent_unix_us: _Optional[int] = ..., play: _Optional[_Union[PlayAudio, _Mapping]] = ..., clear: _Optional[_Union[ClearAudio, _Mapping]] = ..., mark: _Optional[_Union[Mark, _Mapping]] = ..., hang_up: _Optional[_Union[HangUp, _Mapping]] = ..., transfer: _Optional[_Union[Transfer, _Mapping]] = ..., pause_capture: _Optional[_Union[PauseCapture, _Mapping]] = ..., resume_capture: _Optional[_Union[ResumeCapture, _Mapping]] = ...) -> None: ...
 
 class PlayAudio(_message.Message):
-    __slots__ = ("pcm", "sample_rate")
+    __slots__ = ("pcm", "sample_rate", "uninterruptible")
     PCM_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    UNINTERRUPTIBLE_FIELD_NUMBER: _ClassVar[int]
     pcm: bytes
     sample_rate: int
-    def __init__(self, pcm: _Optional[bytes] = ..., sample_rate: _Optional[int] = ...) -> None: ...
+    uninterruptible: bool
+    def __init__(self, pcm: _Optional[bytes] = ..., sample_rate: _Optional[int] = ..., uninterruptible: _Optional[bool] = ...) -> None: ...
 
 class ClearAudio(_message.Message):
     __slots__ = ()
@@ -61,3 +67,11 @@ class TransferParameter(_message.Message):
     key: str
     value: str
     def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+
+class PauseCapture(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ResumeCapture(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -24,33 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#knowlarity/gateway/v1/inbound.proto\x12\x15knowlarity.gateway.v1\"\xfa\x03\n\rInboundRecord\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0ctime_unix_us\x18\x03 \x01(\x03\x12\x12\n\nrecord_seq\x18\x04 \x01(\x04\x12\x35\n\x07started\x18\n \x01(\x0b\x32\".knowlarity.gateway.v1.CallStartedH\x00\x12\x33\n\x05\x61udio\x18\x0b \x01(\x0b\x32\".knowlarity.gateway.v1.CallerAudioH\x00\x12>\n\x0eprovider_event\x18\x0c \x01(\x0b\x32$.knowlarity.gateway.v1.ProviderEventH\x00\x12\x38\n\x08playback\x18\r \x01(\x0b\x32$.knowlarity.gateway.v1.PlaybackEventH\x00\x12\x31\n\x05\x65nded\x18\x0e \x01(\x0b\x32 .knowlarity.gateway.v1.CallEndedH\x00\x12\x38\n\x07\x64ropped\x18\x0f \x01(\x0b\x32%.knowlarity.gateway.v1.RecordsDroppedH\x00\x12\x42\n\x10\x63ommand_rejected\x18\x10 \x01(\x0b\x32&.knowlarity.gateway.v1.CommandRejectedH\x00\x42\x06\n\x04\x62ody\"\x97\x02\n\x0b\x43\x61llStarted\x12\x13\n\x0breply_topic\x18\x01 \x01(\t\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61llee\x18\x04 \x01(\t\x12\x37\n\tdirection\x18\x05 \x01(\x0e\x32$.knowlarity.gateway.v1.CallDirection\x12\x19\n\x11provider_campaign\x18\x06 \x01(\t\x12\x1c\n\x14provider_fields_json\x18\x07 \x01(\t\x12\x19\n\x11raw_start_message\x18\x08 \x01(\t\x12\x14\n\x0crequest_path\x18\t \x01(\t\x12\x1b\n\x13start_message_shape\x18\n \x01(\t\"v\n\x0b\x43\x61llerAudio\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x1e\n\x16media_position_samples\x18\x02 \x01(\x04\x12\x18\n\x10received_unix_us\x18\x03 \x01(\x03\x12\x0b\n\x03pcm\x18\x04 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x05 \x01(\r\"7\n\rProviderEvent\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x18\n\x10received_unix_us\x18\x02 \x01(\x03\"{\n\rPlaybackEvent\x12\x36\n\x04kind\x18\x01 \x01(\x0e\x32(.knowlarity.gateway.v1.PlaybackEventKind\x12\x11\n\tmark_name\x18\x02 \x01(\t\x12\x0f\n\x07samples\x18\x03 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\xa3\x01\n\tCallEnded\x12\x30\n\x06reason\x18\x01 \x01(\x0e\x32 .knowlarity.gateway.v1.EndReason\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x12\n\nclose_code\x18\x03 \x01(\r\x12\x14\n\x0c\x61udio_chunks\x18\x04 \x01(\x04\x12\x15\n\raudio_samples\x18\x05 \x01(\x04\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x04\"y\n\x0eRecordsDropped\x12\x0f\n\x07records\x18\x01 \x01(\x04\x12\x18\n\x10\x66irst_record_seq\x18\x02 \x01(\x04\x12\x17\n\x0flast_record_seq\x18\x03 \x01(\x04\x12\x14\n\x0c\x61udio_chunks\x18\x04 \x01(\x04\x12\r\n\x05topic\x18\x05 \x01(\t\"5\n\x0f\x43ommandRejected\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*h\n\rCallDirection\x12\x1e\n\x1a\x43\x41LL_DIRECTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43\x41LL_DIRECTION_INBOUND\x10\x01\x12\x1b\n\x17\x43\x41LL_DIRECTION_OUTBOUND\x10\x02*\xa6\x01\n\x11PlaybackEventKind\x12#\n\x1fPLAYBACK_EVENT_KIND_UNSPECIFIED\x10\x00\x12$\n PLAYBACK_EVENT_KIND_MARK_REACHED\x10\x01\x12\x1f\n\x1bPLAYBACK_EVENT_KIND_CLEARED\x10\x02\x12%\n!PLAYBACK_EVENT_KIND_AUDIO_DROPPED\x10\x03*\xce\x02\n\tEndReason\x12\x1a\n\x16\x45ND_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45ND_REASON_CALLER_HANGUP\x10\x01\x12\x19\n\x15\x45ND_REASON_BOT_HANGUP\x10\x02\x12\x1a\n\x16\x45ND_REASON_TRANSFERRED\x10\x03\x12\x1d\n\x19\x45ND_REASON_ENDING_TIMEOUT\x10\x05\x12\x1d\n\x19\x45ND_REASON_PROTOCOL_ERROR\x10\x06\x12\x1c\n\x18\x45ND_REASON_NODE_SHUTDOWN\x10\x07\x12\x17\n\x13\x45ND_REASON_REPLACED\x10\x08\x12\x1e\n\x1a\x45ND_REASON_CONNECTION_LOST\x10\t\x12\x1b\n\x17\x45ND_REASON_IDLE_TIMEOUT\x10\n\x12\x18\n\x14\x45ND_REASON_NODE_LOST\x10\x0b\"\x04\x08\x04\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#knowlarity/gateway/v1/inbound.proto\x12\x15knowlarity.gateway.v1\"\xbe\x04\n\rInboundRecord\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0ctime_unix_us\x18\x03 \x01(\x03\x12\x12\n\nrecord_seq\x18\x04 \x01(\x04\x12\x35\n\x07started\x18\n \x01(\x0b\x32\".knowlarity.gateway.v1.CallStartedH\x00\x12\x33\n\x05\x61udio\x18\x0b \x01(\x0b\x32\".knowlarity.gateway.v1.CallerAudioH\x00\x12>\n\x0eprovider_event\x18\x0c \x01(\x0b\x32$.knowlarity.gateway.v1.ProviderEventH\x00\x12\x38\n\x08playback\x18\r \x01(\x0b\x32$.knowlarity.gateway.v1.PlaybackEventH\x00\x12\x31\n\x05\x65nded\x18\x0e \x01(\x0b\x32 .knowlarity.gateway.v1.CallEndedH\x00\x12\x38\n\x07\x64ropped\x18\x0f \x01(\x0b\x32%.knowlarity.gateway.v1.RecordsDroppedH\x00\x12\x42\n\x10\x63ommand_rejected\x18\x10 \x01(\x0b\x32&.knowlarity.gateway.v1.CommandRejectedH\x00\x12\x42\n\x10\x63\x61pture_withheld\x18\x11 \x01(\x0b\x32&.knowlarity.gateway.v1.CaptureWithheldH\x00\x42\x06\n\x04\x62ody\"\x97\x02\n\x0b\x43\x61llStarted\x12\x13\n\x0breply_topic\x18\x01 \x01(\t\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x0e\n\x06\x63\x61ller\x18\x03 \x01(\t\x12\x0e\n\x06\x63\x61llee\x18\x04 \x01(\t\x12\x37\n\tdirection\x18\x05 \x01(\x0e\x32$.knowlarity.gateway.v1.CallDirection\x12\x19\n\x11provider_campaign\x18\x06 \x01(\t\x12\x1c\n\x14provider_fields_json\x18\x07 \x01(\t\x12\x19\n\x11raw_start_message\x18\x08 \x01(\t\x12\x14\n\x0crequest_path\x18\t \x01(\t\x12\x1b\n\x13start_message_shape\x18\n \x01(\t\"v\n\x0b\x43\x61llerAudio\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x1e\n\x16media_position_samples\x18\x02 \x01(\x04\x12\x18\n\x10received_unix_us\x18\x03 \x01(\x03\x12\x0b\n\x03pcm\x18\x04 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x05 \x01(\r\"7\n\rProviderEvent\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x18\n\x10received_unix_us\x18\x02 \x01(\x03\"\x8d\x01\n\rPlaybackEvent\x12\x36\n\x04kind\x18\x01 \x01(\x0e\x32(.knowlarity.gateway.v1.PlaybackEventKind\x12\x11\n\tmark_name\x18\x02 \x01(\t\x12\x0f\n\x07samples\x18\x03 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x10\n\x08heard_ms\x18\x05 \x01(\x04\"\xa3\x01\n\tCallEnded\x12\x30\n\x06reason\x18\x01 \x01(\x0e\x32 .knowlarity.gateway.v1.EndReason\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x12\n\nclose_code\x18\x03 \x01(\r\x12\x14\n\x0c\x61udio_chunks\x18\x04 \x01(\x04\x12\x15\n\raudio_samples\x18\x05 \x01(\x04\x12\x13\n\x0b\x64uration_ms\x18\x06 \x01(\x04\"y\n\x0eRecordsDropped\x12\x0f\n\x07records\x18\x01 \x01(\x04\x12\x18\n\x10\x66irst_record_seq\x18\x02 \x01(\x04\x12\x17\n\x0flast_record_seq\x18\x03 \x01(\x04\x12\x14\n\x0c\x61udio_chunks\x18\x04 \x01(\x04\x12\r\n\x05topic\x18\x05 \x01(\t\"5\n\x0f\x43ommandRejected\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xaf\x01\n\x0f\x43\x61ptureWithheld\x12$\n\x1c\x66irst_media_position_samples\x18\x01 \x01(\x04\x12\x0f\n\x07samples\x18\x02 \x01(\x04\x12\x0e\n\x06\x66rames\x18\x03 \x01(\x04\x12\x1e\n\x16\x66irst_received_unix_us\x18\x04 \x01(\x03\x12\x1d\n\x15last_received_unix_us\x18\x05 \x01(\x03\x12\x16\n\x0epaused_unix_us\x18\x06 \x01(\x03*h\n\rCallDirection\x12\x1e\n\x1a\x43\x41LL_DIRECTION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43\x41LL_DIRECTION_INBOUND\x10\x01\x12\x1b\n\x17\x43\x41LL_DIRECTION_OUTBOUND\x10\x02*\xcc\x01\n\x11PlaybackEventKind\x12#\n\x1fPLAYBACK_EVENT_KIND_UNSPECIFIED\x10\x00\x12$\n PLAYBACK_EVENT_KIND_MARK_REACHED\x10\x01\x12\x1f\n\x1bPLAYBACK_EVENT_KIND_CLEARED\x10\x02\x12%\n!PLAYBACK_EVENT_KIND_AUDIO_DROPPED\x10\x03\x12$\n PLAYBACK_EVENT_KIND_MARK_CLEARED\x10\x04*\xce\x02\n\tEndReason\x12\x1a\n\x16\x45ND_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45ND_REASON_CALLER_HANGUP\x10\x01\x12\x19\n\x15\x45ND_REASON_BOT_HANGUP\x10\x02\x12\x1a\n\x16\x45ND_REASON_TRANSFERRED\x10\x03\x12\x1d\n\x19\x45ND_REASON_ENDING_TIMEOUT\x10\x05\x12\x1d\n\x19\x45ND_REASON_PROTOCOL_ERROR\x10\x06\x12\x1c\n\x18\x45ND_REASON_NODE_SHUTDOWN\x10\x07\x12\x17\n\x13\x45ND_REASON_REPLACED\x10\x08\x12\x1e\n\x1a\x45ND_REASON_CONNECTION_LOST\x10\t\x12\x1b\n\x17\x45ND_REASON_IDLE_TIMEOUT\x10\n\x12\x18\n\x14\x45ND_REASON_NODE_LOST\x10\x0b\"\x04\x08\x04\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'knowlarity.gateway.v1.inbound_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CALLDIRECTION']._serialized_start=1499
-  _globals['_CALLDIRECTION']._serialized_end=1603
-  _globals['_PLAYBACKEVENTKIND']._serialized_start=1606
-  _globals['_PLAYBACKEVENTKIND']._serialized_end=1772
-  _globals['_ENDREASON']._serialized_start=1775
-  _globals['_ENDREASON']._serialized_end=2109
+  _globals['_CALLDIRECTION']._serialized_start=1764
+  _globals['_CALLDIRECTION']._serialized_end=1868
+  _globals['_PLAYBACKEVENTKIND']._serialized_start=1871
+  _globals['_PLAYBACKEVENTKIND']._serialized_end=2075
+  _globals['_ENDREASON']._serialized_start=2078
+  _globals['_ENDREASON']._serialized_end=2412
   _globals['_INBOUNDRECORD']._serialized_start=63
-  _globals['_INBOUNDRECORD']._serialized_end=569
-  _globals['_CALLSTARTED']._serialized_start=572
-  _globals['_CALLSTARTED']._serialized_end=851
-  _globals['_CALLERAUDIO']._serialized_start=853
-  _globals['_CALLERAUDIO']._serialized_end=971
-  _globals['_PROVIDEREVENT']._serialized_start=973
-  _globals['_PROVIDEREVENT']._serialized_end=1028
-  _globals['_PLAYBACKEVENT']._serialized_start=1030
-  _globals['_PLAYBACKEVENT']._serialized_end=1153
-  _globals['_CALLENDED']._serialized_start=1156
-  _globals['_CALLENDED']._serialized_end=1319
-  _globals['_RECORDSDROPPED']._serialized_start=1321
-  _globals['_RECORDSDROPPED']._serialized_end=1442
-  _globals['_COMMANDREJECTED']._serialized_start=1444
-  _globals['_COMMANDREJECTED']._serialized_end=1497
+  _globals['_INBOUNDRECORD']._serialized_end=637
+  _globals['_CALLSTARTED']._serialized_start=640
+  _globals['_CALLSTARTED']._serialized_end=919
+  _globals['_CALLERAUDIO']._serialized_start=921
+  _globals['_CALLERAUDIO']._serialized_end=1039
+  _globals['_PROVIDEREVENT']._serialized_start=1041
+  _globals['_PROVIDEREVENT']._serialized_end=1096
+  _globals['_PLAYBACKEVENT']._serialized_start=1099
+  _globals['_PLAYBACKEVENT']._serialized_end=1240
+  _globals['_CALLENDED']._serialized_start=1243
+  _globals['_CALLENDED']._serialized_end=1406
+  _globals['_RECORDSDROPPED']._serialized_start=1408
+  _globals['_RECORDSDROPPED']._serialized_end=1529
+  _globals['_COMMANDREJECTED']._serialized_start=1531
+  _globals['_COMMANDREJECTED']._serialized_end=1584
+  _globals['_CAPTUREWITHHELD']._serialized_start=1587
+  _globals['_CAPTUREWITHHELD']._serialized_end=1762
 # @@protoc_insertion_point(module_scope)

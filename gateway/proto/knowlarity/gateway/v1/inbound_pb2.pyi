@@ -18,6 +18,7 @@ class PlaybackEventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PLAYBACK_EVENT_KIND_MARK_REACHED: _ClassVar[PlaybackEventKind]
     PLAYBACK_EVENT_KIND_CLEARED: _ClassVar[PlaybackEventKind]
     PLAYBACK_EVENT_KIND_AUDIO_DROPPED: _ClassVar[PlaybackEventKind]
+    PLAYBACK_EVENT_KIND_MARK_CLEARED: _ClassVar[PlaybackEventKind]
 
 class EndReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -39,6 +40,7 @@ PLAYBACK_EVENT_KIND_UNSPECIFIED: PlaybackEventKind
 PLAYBACK_EVENT_KIND_MARK_REACHED: PlaybackEventKind
 PLAYBACK_EVENT_KIND_CLEARED: PlaybackEventKind
 PLAYBACK_EVENT_KIND_AUDIO_DROPPED: PlaybackEventKind
+PLAYBACK_EVENT_KIND_MARK_CLEARED: PlaybackEventKind
 END_REASON_UNSPECIFIED: EndReason
 END_REASON_CALLER_HANGUP: EndReason
 END_REASON_BOT_HANGUP: EndReason
@@ -52,7 +54,7 @@ END_REASON_IDLE_TIMEOUT: EndReason
 END_REASON_NODE_LOST: EndReason
 
 class InboundRecord(_message.Message):
-    __slots__ = ("call_id", "node_id", "time_unix_us", "record_seq", "started", "audio", "provider_event", "playback", "ended", "dropped", "command_rejected")
+    __slots__ = ("call_id", "node_id", "time_unix_us", "record_seq", "started", "audio", "provider_event", "playback", "ended", "dropped", "command_rejected", "capture_withheld")
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_UNIX_US_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +66,7 @@ class InboundRecord(_message.Message):
     ENDED_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     COMMAND_REJECTED_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_WITHHELD_FIELD_NUMBER: _ClassVar[int]
     call_id: str
     node_id: str
     time_unix_us: int
@@ -75,7 +78,8 @@ class InboundRecord(_message.Message):
     ended: CallEnded
     dropped: RecordsDropped
     command_rejected: CommandRejected
-    def __init__(self, call_id: _Optional[str] = ..., node_id: _Optional[str] = ..., time_unix_us: _Optional[int] = ..., record_seq: _Optional[int] = ..., started: _Optional[_Union[CallStarted, _Mapping]] = ..., audio: _Optional[_Union[CallerAudio, _Mapping]] = ..., provider_event: _Optional[_Union[ProviderEvent, _Mapping]] = ..., playback: _Optional[_Union[PlaybackEvent, _Mapping]] = ..., ended: _Optional[_Union[CallEnded, _Mapping]] = ..., dropped: _Optional[_Union[RecordsDropped, _Mapping]] = ..., command_rejected: _Optional[_Union[CommandRejected, _Mapping]] = ...) -> None: ...
+    capture_withheld: CaptureWithheld
+    def __init__(self, call_id: _Optional[str] = ..., node_id: _Optional[str] = ..., time_unix_us: _Optional[int] = ..., record_seq: _Optional[int] = ..., started: _Optional[_Union[CallStarted, _Mapping]] = ..., audio: _Optional[_Union[CallerAudio, _Mapping]] = ..., provider_event: _Optional[_Union[ProviderEvent, _Mapping]] = ..., playback: _Optional[_Union[PlaybackEvent, _Mapping]] = ..., ended: _Optional[_Union[CallEnded, _Mapping]] = ..., dropped: _Optional[_Union[RecordsDropped, _Mapping]] = ..., command_rejected: _Optional[_Union[CommandRejected, _Mapping]] = ..., capture_withheld: _Optional[_Union[CaptureWithheld, _Mapping]] = ...) -> None: ...
 
 class CallStarted(_message.Message):
     __slots__ = ("reply_topic", "sample_rate", "caller", "callee", "direction", "provider_campaign", "provider_fields_json", "raw_start_message", "request_path", "start_message_shape")
@@ -124,16 +128,18 @@ class ProviderEvent(_message.Message):
     def __init__(self, text: _Optional[str] = ..., received_unix_us: _Optional[int] = ...) -> None: ...
 
 class PlaybackEvent(_message.Message):
-    __slots__ = ("kind", "mark_name", "samples", "detail")
+    __slots__ = ("kind", "mark_name", "samples", "detail", "heard_ms")
     KIND_FIELD_NUMBER: _ClassVar[int]
     MARK_NAME_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
+    HEARD_MS_FIELD_NUMBER: _ClassVar[int]
     kind: PlaybackEventKind
     mark_name: str
     samples: int
     detail: str
-    def __init__(self, kind: _Optional[_Union[PlaybackEventKind, str]] = ..., mark_name: _Optional[str] = ..., samples: _Optional[int] = ..., detail: _Optional[str] = ...) -> None: ...
+    heard_ms: int
+    def __init__(self, kind: _Optional[_Union[PlaybackEventKind, str]] = ..., mark_name: _Optional[str] = ..., samples: _Optional[int] = ..., detail: _Optional[str] = ..., heard_ms: _Optional[int] = ...) -> None: ...
 
 class CallEnded(_message.Message):
     __slots__ = ("reason", "detail", "close_code", "audio_chunks", "audio_samples", "duration_ms")
@@ -172,3 +178,19 @@ class CommandRejected(_message.Message):
     command_id: str
     reason: str
     def __init__(self, command_id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class CaptureWithheld(_message.Message):
+    __slots__ = ("first_media_position_samples", "samples", "frames", "first_received_unix_us", "last_received_unix_us", "paused_unix_us")
+    FIRST_MEDIA_POSITION_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    FIRST_RECEIVED_UNIX_US_FIELD_NUMBER: _ClassVar[int]
+    LAST_RECEIVED_UNIX_US_FIELD_NUMBER: _ClassVar[int]
+    PAUSED_UNIX_US_FIELD_NUMBER: _ClassVar[int]
+    first_media_position_samples: int
+    samples: int
+    frames: int
+    first_received_unix_us: int
+    last_received_unix_us: int
+    paused_unix_us: int
+    def __init__(self, first_media_position_samples: _Optional[int] = ..., samples: _Optional[int] = ..., frames: _Optional[int] = ..., first_received_unix_us: _Optional[int] = ..., last_received_unix_us: _Optional[int] = ..., paused_unix_us: _Optional[int] = ...) -> None: ...
