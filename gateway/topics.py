@@ -1,4 +1,4 @@
-"""Topic names, in one place so nodes, bots and tests agree on them."""
+"""Topic and record header names, in one place so nodes, bots and tests agree on them."""
 
 from __future__ import annotations
 
@@ -19,6 +19,13 @@ def inbound_topic(prefix: str) -> str:
     return f"{prefix}.calls.inbound"
 
 
+def state_topic(prefix: str) -> str:
+    """Compacted, keyed and partitioned like inbound: each live call's started record, a
+    tombstone once it ended. A bot handed an inbound partition mid-call reads the state
+    partition of the same number from the beginning to learn the calls it never saw start."""
+    return f"{prefix}.calls.state"
+
+
 def outbound_topic(prefix: str) -> str:
     """Bot audio and control frames exactly as sent to the provider, for audit."""
     return f"{prefix}.calls.outbound"
@@ -32,3 +39,17 @@ def commands_topic(prefix: str, node_id: str) -> str:
 def nodes_topic(prefix: str) -> str:
     """Compacted, one partition: each node's lease (heartbeat, epoch, the calls it holds)."""
     return f"{prefix}.nodes"
+
+
+# Headers of every inbound record of a call, and of its state record (UTF-8 values), so
+# that a bot that never saw the call's started record can still answer it:
+HEADER_REPLY_TOPIC = "kgw-reply-topic"  # where the call's commands go (its node's commands topic)
+HEADER_SAMPLE_RATE = "kgw-sample-rate"  # the call's audio rate in Hz, decimal ASCII ("16000")
+HEADER_NODE_ID = "kgw-node-id"  # the node that holds the call's socket
+
+
+def call_headers(reply_topic: str, sample_rate: int, node_id: str) -> list[tuple[str, bytes]]:
+    """The headers of one call's records, as Kafka clients take them: (name, value) pairs."""
+    return [(HEADER_REPLY_TOPIC, reply_topic.encode()),
+            (HEADER_SAMPLE_RATE, str(sample_rate).encode()),
+            (HEADER_NODE_ID, node_id.encode())]

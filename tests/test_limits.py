@@ -6,6 +6,7 @@ import argparse
 import inspect
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import aiokafka
@@ -104,6 +105,19 @@ def test_the_defaults_figure() -> None:
     """The figure the README states; a change here is a change to document."""
     assert round(limits.per_node(D).total / MiB, 1) == 482.8
     assert round(limits.per_call(D).total / MiB, 1) == 6.9
+
+
+def test_the_outage_figure_counts_the_headers_of_every_inbound_record() -> None:
+    """Each caller record is charged the call's headers: a longer node id (in the reply
+    topic and in kgw-node-id) costs the buffer more per call-second; bot audio has none."""
+    base = limits.call_buffer_bytes_per_s(D)
+    assert base == 50 * (640 + 70 + 320 + len("kgw-reply-topic") + len(D.commands_topic)
+                         + len("kgw-sample-rate") + len("16000") + len("kgw-node-id")
+                         + len(D.node_id))
+    longer = replace(D, node_id="n" * 40)
+    assert limits.call_buffer_bytes_per_s(longer) - base == 50 * 2 * (40 - len(D.node_id))
+    assert limits.outage_carried_s(longer, 100) < limits.outage_carried_s(D, 100)
+    assert limits.call_buffer_bytes_per_s(D, talking_bot=True) == base + 50 * (640 + 70 + 320)
 
 
 def test_every_term_names_its_formula() -> None:

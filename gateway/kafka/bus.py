@@ -18,6 +18,19 @@ record the broker refuses outright is lost; it, and every record the outbox
 dropped to stay in its bounds, is reported on the bus as RecordsDropped
 (loss notes are retried until delivered).
 
+Late joiners. A bot instance handed an inbound partition mid-call never saw
+the calls' ``started`` records, so every inbound record of a call carries the
+call's reply topic, sample rate and node id as headers (``gateway.topics``:
+learnt from the call's ``started`` as it is published, forgotten after its
+``ended``), and the node keeps a compacted call-state topic, keyed and
+partitioned like inbound: the ``started`` record again (same bytes, same
+headers) when a call starts, a tombstone after its ``ended``. Both state
+records are precious and go to the one partition chosen at the start, one
+behind the other in that partition's queue, so the tombstone never overtakes
+the record it deletes. The node's lease hears that a call's end is delivered
+once its ``ended`` and its tombstone both are: a node lost in between has the
+call ended ``NODE_LOST`` (and tombstoned) by whoever settles its lease.
+
 Every long-running task is supervised: an unexpected exception is logged and
 the task restarted; a task that keeps failing calls ``on_fatal``, and the
 node stops being ready, ends its calls and exits non-zero.
@@ -28,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -43,12 +56,12 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 from twisted.logger import Logger
 
-from gateway import records
+from gateway import records, topics
 from gateway.clock import wall_offset
 from gateway.config import NodeConfig
 from gateway.core import model as m
 from gateway.kafka.clients import stop_within
-from gateway.kafka.outbox import RECORD_OVERHEAD_BYTES, Entry, Loss, Outbox
+from gateway.kafka.outbox import NO_HEADERS, RECORD_OVERHEAD_BYTES, Entry, Headers, Loss, Outbox
 from gateway.ops.metrics import Metrics
 
 log = Logger()
@@ -78,6 +91,10 @@ _RESTART_DELAY_S = 1.0
 # Start-up: retry Kafka with backoff up to this, logging once per interval.
 _START_BACKOFF_MAX_S = 10.0
 _START_LOG_EVERY_S = 30.0
+# The call-state topic is compacted; compaction never touches the segment being
+# written, which Kafka rolls weekly by default. Rolled hourly, a late joiner reading
+# a partition from the beginning reads its live calls and at most an hour of others.
+_STATE_TOPIC_CONFIGS = {"cleanup.policy": "compact", "segment.ms": str(3600 * 1000)}
 
 
 async def ensure_topics(bootstrap: str, specs: list[tuple[str, int, int]],
@@ -104,6 +121,15 @@ class _WallClock:
         return time.time()
 
 
+@dataclass(slots=True)
+class _LiveCall:
+    """What the bus keeps of a call between its started and its ended record."""
+
+    headers: Headers
+    # Its call-state records' partition, chosen at the start and kept for the tombstone.
+    state_partition: int
+
+
 class Bus:
     def __init__(
         self,
@@ -123,6 +149,13 @@ class Bus:
         self._on_end_delivered = on_end_delivered or (lambda call_id: None)
         # Calls whose records wait until the node's lease lists them (see hold).
         self._held: set[str] = set()
+        self._state_topic = topics.state_topic(config.topic_prefix)
+        # Calls whose started was published and ended not yet (as many as the node's
+        # registry holds): their headers and call-state partition.
+        self._calls: dict[str, _LiveCall] = {}
+        # Ended calls: how many of their two ending records (ended, tombstone) are not
+        # acknowledged yet. The lease hears of the end when none is.
+        self._ends_owed: dict[str, int] = {}
         self.outbox = Outbox(config.buffer_bytes, config.buffer_call_share_bytes,
                              RECORD_OVERHEAD_BYTES, config.buffer_max_s)
         self._wake = asyncio.Event()
@@ -212,8 +245,18 @@ class Bus:
         )
         await self._producer.start()
         for topic in (c.inbound_topic, c.outbound_topic):
-            self._partition_counts[topic] = len(await self._producer.partitions_for(topic))
-            self._metrics.topic_partitions.labels(topic).set(self._partition_counts[topic])
+            await self._count_partitions(topic)
+        # As many partitions as inbound has (which another node may have made), so a
+        # call's state records have the partition number of its inbound records.
+        inbound = self._partition_counts[c.inbound_topic]
+        await ensure_topics(c.kafka, [(self._state_topic, inbound, c.replication_factor)],
+                            {**configs, **_STATE_TOPIC_CONFIGS})
+        await self._count_partitions(self._state_topic)
+        if self._partition_counts[self._state_topic] != inbound:
+            log.error("topic {state} has {n} partitions, {inbound} has {m}: bots that join "
+                      "late will not find the calls of their inbound partitions in it",
+                      state=self._state_topic, n=self._partition_counts[self._state_topic],
+                      inbound=c.inbound_topic, m=inbound)
         # No consumer group: this node alone reads its topic, and a restarted
         # node has no calls, so it starts at the end.
         self._consumer = AIOKafkaConsumer(
@@ -226,6 +269,11 @@ class Bus:
         # Resolve the position now, so a command sent right after the first
         # CallStarted is not skipped by a late "latest".
         await self._consumer.position(tp)
+
+    async def _count_partitions(self, topic: str) -> None:
+        assert self._producer is not None
+        self._partition_counts[topic] = len(await self._producer.partitions_for(topic))
+        self._metrics.topic_partitions.labels(topic).set(self._partition_counts[topic])
 
     async def stop(self, flush_timeout: float = 10.0) -> None:
         """Stop reading commands, deliver what is buffered (within the timeout), close.
@@ -309,19 +357,50 @@ class Bus:
         if len(self._held) != before:
             self._wake.set()
 
+    @property
+    def live_calls(self) -> int:
+        """Calls whose started record was published and ended not yet (headers kept)."""
+        return len(self._calls)
+
     def publish(self, rec: m.Inbound) -> None:
         topic = self._c.inbound_topic
-        key = rec.call_id.encode()
+        call_id = rec.call_id
+        key = call_id.encode()
         value = records.encode_inbound(rec, self._node_id, wall_offset(self._clock))
         body = rec.body
-        self._put(Entry(topic, key, value, rec.call_id, rec.record_seq,
+        started, ended = isinstance(body, m.CallStarted), isinstance(body, m.CallEnded)
+        live: _LiveCall | None
+        if isinstance(body, m.CallStarted):
+            live = self._calls[call_id] = _LiveCall(
+                Headers(topics.call_headers(self._c.commands_topic, body.start.sample_rate,
+                                            self._node_id)),
+                self._partition(self._state_topic, key))
+        else:
+            live = self._calls.pop(call_id, None) if ended else self._calls.get(call_id)
+        headers = NO_HEADERS if live is None else live.headers
+        self._put(Entry(topic, key, value, call_id, rec.record_seq,
                         isinstance(body, m.CallerAudio), self._partition(topic, key),
-                        precious=isinstance(body, m.CallStarted | m.CallEnded),
-                        ends_call=isinstance(body, m.CallEnded)))
-        if isinstance(body, m.CallEnded):
+                        precious=started or ended, ends_call=ended, headers=headers))
+        if started:
+            self._put_state(call_id, key, value, live)
+        elif ended:
+            self._ends_owed[call_id] = self._ends_owed.get(call_id, 0) + 2
+            self._put_state(call_id, key, None, live)
             # The call's last record: forget its cached partitions.
-            self._partitions.pop((topic, key), None)
-            self._partitions.pop((self._c.outbound_topic, key), None)
+            for t in (topic, self._c.outbound_topic, self._state_topic):
+                self._partitions.pop((t, key), None)
+
+    def _put_state(self, call_id: str, key: bytes, value: bytes | None,
+                   live: _LiveCall | None) -> None:
+        """The call's record on the call-state topic: its started record, or (``None``) the
+        tombstone that deletes it, behind it in the same partition's queue."""
+        if live is None:  # an end with no start published: a tombstone all the same
+            partition, headers = self._partition(self._state_topic, key), NO_HEADERS
+        else:
+            partition = live.state_partition
+            headers = NO_HEADERS if value is None else live.headers
+        self._put(Entry(self._state_topic, key, value, call_id, partition=partition,
+                        precious=True, ends_call=value is None, headers=headers))
 
     def publish_outbound(self, rec: m.Outbound) -> None:
         topic = self._c.outbound_topic
@@ -369,7 +448,7 @@ class Bus:
                 self._node_id)
         key = call_id.encode()
         return Entry(topic, key, value, call_id, partition=self._partition(topic, key),
-                     loss=loss)
+                     loss=loss, headers=loss.headers)
 
     async def _send_partition(self, tp: tuple[str, int]) -> None:
         """Send one partition's queue, one batch in aiokafka at a time, until it is empty."""
@@ -411,7 +490,8 @@ class Bus:
             batch = producer.create_batch()
             first = i
             while i < len(entries) and batch.append(
-                    key=entries[i].key, value=entries[i].value, timestamp=None) is not None:
+                    key=entries[i].key, value=entries[i].value, timestamp=None,
+                    headers=entries[i].headers.pairs) is not None:
                 i += 1
             if i == first:  # larger than a whole batch: Kafka would refuse it too
                 self._settle_lost(entries[i:i + 1], None)
@@ -440,12 +520,23 @@ class Bus:
             self.outbox.settle(sent)
             for e in sent:
                 if e.ends_call:
-                    self._on_end_delivered(e.call_id)
+                    self._end_delivered(e.call_id)
             self._metrics.records_produced.inc(len(sent))
             self._metrics.produce_latency.observe(time.monotonic() - queued_at)
             if not self.delivering:
                 self._set_delivering(True)
         return False
+
+    def _end_delivered(self, call_id: str) -> None:
+        """One of the call's ending records is on the broker; the lease hears once both are."""
+        owed = self._ends_owed.get(call_id)
+        if owed is None:
+            return  # the other was lost: the lease waits for the bus to be idle
+        if owed > 1:
+            self._ends_owed[call_id] = owed - 1
+        else:
+            del self._ends_owed[call_id]
+            self._on_end_delivered(call_id)
 
     def _put_back(self, entries: list[Entry]) -> None:
         self._in_flight -= len(entries)
@@ -477,6 +568,12 @@ class Bus:
         self._metrics.records_dropped.labels("delivery_failed").inc()
         log.error("call {call_id}: record to {topic} not delivered: {err!r}",
                   call_id=entry.call_id, topic=entry.topic, err=err)
+        if entry.ends_call:
+            self._ends_owed.pop(entry.call_id, None)
+        if entry.topic == self._state_topic:
+            # No loss note there: under the call's key it would take the place of the
+            # started record. The log line above is all a refused state record leaves.
+            return
         if entry.call_id:
             self.outbox.record_loss(entry)
             self._wake.set()
@@ -516,6 +613,11 @@ class Bus:
         for cached in [k for k in self._partitions if k[0] == topic]:
             del self._partitions[cached]
         moved = self.outbox.repartition(topic, count, lambda key: self._partition(topic, key))
+        if topic == self._state_topic:
+            # Live calls whose partition is gone tombstone where their record moved to.
+            for call_id, live in self._calls.items():
+                if live.state_partition >= count:
+                    live.state_partition = self._partition(topic, call_id.encode())
         if moved:
             log.warn("{n} queued records of {topic} moved to existing partitions", n=moved,
                      topic=topic)

@@ -10,18 +10,22 @@ the bus: a consumer always learns what it did not get.
 Bounds:
 - ``max_bytes`` for everything, counting records handed to the producer and
   not yet settled (acknowledged or lost): what is in flight is memory too.
-  Each record is charged its value plus ``record_overhead``: a tiny record
-  costs its Entry, key and queue slots too (measured 286 bytes beyond a
-  68-byte value), and a flood of 2-byte frames would otherwise hold ten times
-  the bound. The node uses ``RECORD_OVERHEAD_BYTES``.
+  Each record is charged its value, its headers' names and values (aiokafka
+  copies them into every record of a batch) and ``record_overhead``: a tiny
+  record costs its Entry, key and queue slots too (measured with tracemalloc:
+  297 bytes beyond the value, whatever its size, for a 36-character call id
+  as key; a call's headers are one object shared by its records), and a flood
+  of 2-byte frames would otherwise hold ten times the bound. The node uses
+  ``RECORD_OVERHEAD_BYTES``.
 - ``max_age_s``: no queued record is older than this (seconds of audio the
   buffer carries through an outage).
 - ``call_share`` for one call's records still queued: a call that floods
   loses its own oldest records first, never another call's.
 
-Precious records (a call's ``started`` and ``ended``) are never dropped for
-any of these bounds: without them a bot cannot tell a call began or ended.
-They are at most two per call, so they cannot grow without bound.
+Precious records (a call's ``started`` and ``ended``, and its state record
+and tombstone on the call-state topic) are never dropped for any of these
+bounds: without them a bot cannot tell a call began or ended. They are at
+most four per call, so they cannot grow without bound.
 
 Records taken by the producer and not sent (no leader within the request
 timeout) come back with ``put_back`` at the front of their partition, in
@@ -44,23 +48,44 @@ _AGE_CHECK_S = 1.0
 TopicPartition = tuple[str, int]
 
 
-@dataclass(eq=True)
+class Headers:
+    """Kafka record headers: one object per call, shared by all its records, with the
+    bytes its names and values add to each record (counted by the outbox)."""
+
+    __slots__ = ("nbytes", "pairs")
+
+    def __init__(self, pairs: Iterable[tuple[str, bytes]] = ()) -> None:
+        # A list: aiokafka's record builder takes nothing else. Never changed.
+        self.pairs = list(pairs)
+        self.nbytes = sum(len(k.encode()) + len(v) for k, v in self.pairs)
+
+    def __repr__(self) -> str:
+        return f"Headers({self.pairs!r})"
+
+
+NO_HEADERS = Headers()
+
+
+@dataclass(eq=True, slots=True)
 class Entry:
     topic: str
     key: bytes
-    value: bytes
+    # None: a tombstone (compacted topics).
+    value: bytes | None
     # For loss accounting; -1 on records that are not part of a call's
     # sequence (the outbound topic has none).
     call_id: str = ""
     record_seq: int = -1
     is_audio: bool = False
     partition: int = 0
-    # started / ended: never dropped to make room.
+    # started / ended (and their call-state records): never dropped to make room.
     precious: bool = False
-    # The call's ended record: its delivery is reported to the node's lease.
+    # A record that ends the call (its ended, its call-state tombstone): their
+    # delivery is reported to the node's lease.
     ends_call: bool = False
     # A loss note: the loss it reports, put back if the note fails.
     loss: Loss | None = None
+    headers: Headers = NO_HEADERS
     # Set by the outbox: put order and time, for the age bound.
     order: int = field(default=0, compare=False)
     queued_at: float = field(default=0.0, compare=False)
@@ -78,9 +103,14 @@ class Loss:
     first_record_seq: int = -1
     last_record_seq: int = -1
     audio_chunks: int = 0
+    # The lost records' headers: the note that reports them carries them too (it may
+    # be written after the call ended, when the bus has forgotten them).
+    headers: Headers = field(default=NO_HEADERS, compare=False)
 
     def add(self, e: Entry) -> None:
         self.records += 1
+        if e.headers.nbytes:
+            self.headers = e.headers
         if e.record_seq >= 0:
             # min, not "first seen": a delivery failure of an older record can be
             # noted after newer ones were dropped from the buffer.
@@ -91,6 +121,8 @@ class Loss:
 
     def merge(self, other: Loss) -> None:
         self.records += other.records
+        if other.headers.nbytes:
+            self.headers = other.headers
         self.audio_chunks += other.audio_chunks
         for seq in (other.first_record_seq, other.last_record_seq):
             if seq >= 0:
@@ -107,6 +139,9 @@ class Outbox:
         self.max_age_s = max_age_s
         self._overhead = record_overhead
         self._parts: dict[TopicPartition, deque[Entry]] = {}
+        # Precious records queued per partition: a partition of nothing else (the
+        # call-state topic's) has nothing to drop, and is not scanned for it.
+        self._precious: dict[TopicPartition, int] = {}
         # Each call's queued records per topic (all on one partition), oldest first.
         self._by_call: dict[tuple[str, str], deque[Entry]] = {}
         self._call_bytes: dict[str, int] = {}
@@ -249,16 +284,23 @@ class Outbox:
         longer exist move to ``pick(key)``, in order. Returns how many moved."""
         moved = 0
         for tp in [tp for tp in self._parts if tp[0] == topic and tp[1] >= count]:
+            self._precious.pop(tp, None)
             for e in self._parts.pop(tp):
                 e.partition = pick(e.key)
                 self._parts.setdefault(e.tp, deque()).append(e)
+                self._count_precious(e, 1)
                 moved += 1
         return moved
 
     # --- internals ---------------------------------------------------------------
 
     def _size(self, e: Entry) -> int:
-        return len(e.value) + self._overhead
+        value = 0 if e.value is None else len(e.value)
+        return value + e.headers.nbytes + self._overhead
+
+    def _count_precious(self, e: Entry, n: int) -> None:
+        if e.precious:
+            self._precious[e.tp] = self._precious.get(e.tp, 0) + n
 
     def _loss(self, call_id: str, topic: str) -> Loss:
         key = (call_id, topic)
@@ -278,6 +320,7 @@ class Outbox:
             q.appendleft(e)
         else:
             q.append(e)
+        self._count_precious(e, 1)
         self._topic_names.add(e.topic)
         if e.call_id:
             mine = self._by_call.get((e.call_id, e.topic))
@@ -292,6 +335,7 @@ class Outbox:
     def _hand_on(self, e: Entry) -> Entry:
         """``e`` left its partition's queue for the producer."""
         self._unlink_call(e)
+        self._count_precious(e, -1)
         size = self._size(e)
         self._bytes -= size
         self._count -= 1
@@ -301,6 +345,7 @@ class Outbox:
     def _drop(self, e: Entry) -> None:
         self._parts[e.tp].remove(e)
         self._unlink_call(e)
+        self._count_precious(e, -1)
         self._bytes -= self._size(e)
         self._count -= 1
         self.record_loss(e)
@@ -324,21 +369,22 @@ class Outbox:
 
     @staticmethod
     def _first_droppable(q: deque[Entry], spare: Entry) -> Entry | None:
-        # Precious records are at most two per call and sit at the ends of its
-        # run: the scan stops within a few places.
+        # Precious records are at most two per call in a topic and sit at the ends
+        # of its run: the scan stops within a few places.
         for e in q:
             if not e.precious and e.loss is None and e is not spare:
                 return e
         return None
 
     def _oldest_of_call(self, call_id: str, spare: Entry) -> Entry | None:
-        # A call has records on at most two topics (inbound, outbound).
+        # A call has records on at most three topics (inbound, outbound, call state).
         found = [self._first_droppable(self._by_call[(call_id, t)], spare)
                  for t in self._topic_names if (call_id, t) in self._by_call]
         live = [e for e in found if e is not None]
         return min(live, key=lambda e: e.order) if live else None
 
     def _oldest(self, spare: Entry) -> Entry | None:
-        found = [self._first_droppable(q, spare) for q in self._parts.values() if q]
-        found = [e for e in found if e is not None]
+        heads = [self._first_droppable(q, spare) for tp, q in self._parts.items()
+                 if len(q) > self._precious.get(tp, 0)]
+        found = [e for e in heads if e is not None]
         return min(found, key=lambda e: e.order) if found else None

@@ -1,4 +1,5 @@
-"""The Kafka side of node leases: heartbeats, claims and NODE_LOST ends.
+"""The Kafka side of node leases: heartbeats, claims and NODE_LOST ends (and the
+tombstones that take those calls out of the call-state topic).
 
 The rules (who is expired, who wins, what to write) are in ``gateway.lease.rules``,
 whose docstring explains the mechanism and its bounds; this module only moves
@@ -65,6 +66,7 @@ class LeaseKeeper:
         self._clock = clock
         self.topic = topics.nodes_topic(config.topic_prefix)
         self.inbound_topic = topics.inbound_topic(config.topic_prefix)
+        self.state_topic = topics.state_topic(config.topic_prefix)
         self.book = ls.LeaseBook(config.node_id, self._timing)
         self.holdings = ls.Holdings()
         self._seq = 0
@@ -306,6 +308,7 @@ class LeaseKeeper:
                 self.inbound_topic, records.encode_inbound(rec, lease.node_id),
                 key=rec.call_id.encode()) for rec in ends]
             await asyncio.gather(*futures)
+            await self._tombstone([rec.call_id for rec in ends])
             await self._send(ls.settlement(claim, _wall_us()))
             log.warn("node {node_id} epoch {e}: ended {n} calls node_lost", node_id=key[0],
                      e=key[1], n=len(ends))
@@ -316,6 +319,18 @@ class LeaseKeeper:
                 raise
         finally:
             self._reaping.discard(key)
+
+    async def _tombstone(self, call_ids: list[str]) -> None:
+        """The ended calls leave the call-state topic (after their ends are acknowledged).
+        A failure is logged and the settlement written all the same: the ends are on the
+        bus, and a winner that never settles would hold up a returning node."""
+        assert self._producer is not None
+        try:
+            await asyncio.gather(*[await self._producer.send(
+                self.state_topic, None, key=call_id.encode()) for call_id in call_ids])
+        except KafkaError as e:
+            log.error("{n} calls not deleted from {topic}: {err!r}", n=len(call_ids),
+                      topic=self.state_topic, err=e)
 
     async def _wait_settled(self, key: tuple[str, int]) -> None:
         t = self._timing

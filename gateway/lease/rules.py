@@ -92,7 +92,8 @@ Windows that remain (honestly)
   (``Bus.hold`` / ``Bus.release``, a few milliseconds on a healthy broker), so
   no ``started`` reaches the broker before the lease that makes someone end it.
 - **End** (narrowed): a call leaves the lease once the bus reports its own
-  ``ended`` acknowledged (``end_delivered``), or once the bus is idle. A crash
+  ``ended`` and its call-state tombstone acknowledged (``end_delivered``), or
+  once the bus is idle. A crash
   between that ack and the next lease write (one keeper wake-up plus a round
   trip, milliseconds) gives the call a second end, ``NODE_LOST``, after the
   first; a bot that has seen an ``ended`` ignores later ones.

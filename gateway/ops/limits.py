@@ -27,9 +27,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway import topics
 from gateway.config import NODE_SETTINGS, NodeConfig
 from gateway.core import commands, knowlarity
-from gateway.kafka.outbox import RECORD_OVERHEAD_BYTES
+from gateway.kafka.outbox import RECORD_OVERHEAD_BYTES, Headers
 from gateway.settings import Setting
 
 KiB = 1024
@@ -161,7 +162,7 @@ def per_call(c: NodeConfig) -> Estimate:
         Term("bot audio", c.call.playout.max_call_bytes, "playout_max_call_bytes"),
         Term("buffer share", c.buffer_call_share_bytes,
              f"buffer_call_share_bytes (each record charged {RECORD_OVERHEAD_BYTES} bytes "
-             "beyond its value)"),
+             "beyond its value and headers)"),
     ))
 
 
@@ -175,7 +176,7 @@ def per_node(c: NodeConfig) -> Estimate:
              "interpreter, libraries, idle node (measured 76 MiB VmRSS; taken as 128 MiB)"),
         Term("record buffer", c.buffer_bytes,
              f"buffer_bytes: queued and in flight, each record charged {RECORD_OVERHEAD_BYTES} "
-             "bytes beyond its value"),
+             "bytes beyond its value and headers"),
         Term("producer batches", batches,
              f"min(buffer_bytes, 2 x inbound_partitions x {BATCHES_PER_PARTITION} x 256 KiB): "
              "aiokafka's copies of records in flight"),
@@ -297,9 +298,9 @@ LIMITS: tuple[Limit, ...] = (
     Limit("buffer_bytes",
           "oldest records dropped, counted (kgw_records_dropped) and reported as a dropped "
           "record per call",
-          "about 6 s of a Kafka outage at 200 calls of 16 kHz audio (~51 KB/s each: 50 records "
-          "a second of 640 audio bytes plus ~380 of framing and objects); records in flight "
-          "count too. Longer outages need a larger buffer and memory limit"),
+          "about 6 s of a Kafka outage at 200 calls of 16 kHz audio (~56 KB/s each: 50 records "
+          "a second of 640 audio bytes plus ~470 of framing, headers and objects); records in "
+          "flight count too. Longer outages need a larger buffer and memory limit"),
     Limit("buffer_max_s",
           "oldest records dropped and reported, as for buffer_bytes",
           "10 minutes: records older than that are of little use to a live bot, and the "
@@ -368,16 +369,22 @@ def fixed_limits_table() -> str:
     return "\n".join(rows)
 
 
-# What one 16 kHz call costs the buffer per second while Kafka is away: 50
-# caller records of 640 audio bytes, ~70 bytes of protobuf framing and the
-# outbox's 320-byte charge each (a silent bot adds nothing; a talking one
-# adds its outbound audit records, about as much again).
-CALL_BUFFER_BYTES_PER_S = 50 * (640 + 70 + RECORD_OVERHEAD_BYTES)
+# One record of 20 ms of 16 kHz caller (or bot) audio in the buffer: 640 audio
+# bytes, ~70 bytes of protobuf framing and the outbox's per-record charge.
+AUDIO_RECORD_BYTES = 640 + 70 + RECORD_OVERHEAD_BYTES
+
+
+def call_buffer_bytes_per_s(c: NodeConfig, talking_bot: bool = False) -> int:
+    """What one 16 kHz call costs the buffer per second while Kafka is away: 50 caller
+    records, each with the call's headers (reply topic, sample rate, node id); a silent
+    bot adds nothing, a talking one its outbound audit records (no headers)."""
+    headers = Headers(topics.call_headers(c.commands_topic, 16000, c.node_id)).nbytes
+    return 50 * (AUDIO_RECORD_BYTES + headers) + (50 * AUDIO_RECORD_BYTES if talking_bot else 0)
 
 
 def outage_carried_s(c: NodeConfig, calls: int, talking_bots: bool = False) -> float:
     """How long an outage the buffer carries without a loss, at ``calls`` live calls."""
-    rate = calls * CALL_BUFFER_BYTES_PER_S * (2 if talking_bots else 1)
+    rate = calls * call_buffer_bytes_per_s(c, talking_bots)
     by_bytes = c.buffer_bytes / rate
     return min(by_bytes, c.buffer_max_s) if c.buffer_max_s else by_bytes
 

@@ -20,7 +20,8 @@ from gateway.core import model as m
 class TopicReader:
     """Reads a topic of call records from the beginning, every partition, no group.
 
-    ``InboundReader`` and ``OutboundReader`` below pick the topic and decoder.
+    ``InboundReader``, ``OutboundReader`` and ``StateReader`` below pick the topic and
+    decoder. A tombstone (no value) is kept as ``None``, under its key.
     """
 
     def __init__(self, bootstrap: str, topic: str, decode: Callable[[bytes], Any]) -> None:
@@ -28,6 +29,10 @@ class TopicReader:
         self.topic = topic
         self._decode = decode
         self.by_call: dict[str, list[Any]] = defaultdict(list)
+        # Each record's Kafka headers (name -> value), in the order of by_call.
+        self.headers_by_call: dict[str, list[dict[str, bytes]]] = defaultdict(list)
+        # The partition each call's records were last read from.
+        self.partition_of: dict[str, int] = {}
         # (record, wall time it was read) in arrival order, for latency figures.
         self.arrivals: list[tuple[Any, float]] = []
         self._consumer: AIOKafkaConsumer | None = None
@@ -67,8 +72,11 @@ class TopicReader:
             now = time.time()
             for msgs in batches.values():
                 for msg in msgs:
-                    rec = self._decode(msg.value)
-                    self.by_call[rec.call_id].append(rec)
+                    rec = None if msg.value is None else self._decode(msg.value)
+                    call_id = msg.key.decode() if rec is None else rec.call_id
+                    self.by_call[call_id].append(rec)
+                    self.headers_by_call[call_id].append(dict(msg.headers))
+                    self.partition_of[call_id] = msg.partition
                     self.arrivals.append((rec, now))
             if batches:
                 self._changed.set()
@@ -115,6 +123,17 @@ class OutboundReader(TopicReader):
 
     def __init__(self, bootstrap: str, prefix: str) -> None:
         super().__init__(bootstrap, topics.outbound_topic(prefix), records.decode_outbound)
+
+
+class StateReader(TopicReader):
+    """Each call's started record, and ``None`` for its tombstone: ``<prefix>.calls.state``."""
+
+    def __init__(self, bootstrap: str, prefix: str) -> None:
+        super().__init__(bootstrap, topics.state_topic(prefix), records.decode_inbound)
+
+    def live(self) -> set[str]:
+        """Calls whose latest state record is a started record, not a tombstone."""
+        return {call_id for call_id, recs in self.by_call.items() if recs and recs[-1] is not None}
 
 
 class CommandSender:
