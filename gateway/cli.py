@@ -73,11 +73,12 @@ def _serve(args: argparse.Namespace) -> int:
 def command_settings() -> dict[str, tuple[Setting, ...]]:
     """Every command's settings table, by the words that run it (the README has each)."""
     from gateway.bot.echo import ECHO_BOT_SETTINGS
+    from gateway.bot.ivr import IVR_BOT_SETTINGS
     from gateway.config import NODE_SETTINGS
     from gateway.dev import DEV_SETTINGS
     from gateway.simulator.command import SIMULATE_SETTINGS
 
-    tables = {"serve": NODE_SETTINGS, "bot echo": ECHO_BOT_SETTINGS,
+    tables = {"serve": NODE_SETTINGS, "bot echo": ECHO_BOT_SETTINGS, "bot ivr": IVR_BOT_SETTINGS,
               "simulate": SIMULATE_SETTINGS, "dev": DEV_SETTINGS}
     try:
         bench = _bench_command()
@@ -88,7 +89,7 @@ def command_settings() -> dict[str, tuple[Setting, ...]]:
 
 def build_parser() -> argparse.ArgumentParser:
     from gateway import dev, simulator
-    from gateway.bot import echo
+    from gateway.bot import echo, ivr
     from gateway.config import add_node_arguments
 
     parser = argparse.ArgumentParser(
@@ -106,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     echo_p = bots.add_parser("echo", help="greets, echoes the caller, hangs up on silence")
     echo.add_arguments(echo_p)
     echo_p.set_defaults(func=echo.run)
+    ivr_p = bots.add_parser("ivr", help="plays a prompt, takes barge-in, records the answer, "
+                                        "transfers or hangs up")
+    ivr.add_arguments(ivr_p)
+    ivr_p.set_defaults(func=ivr.run)
 
     sim = sub.add_parser("simulate", help="place simulated Knowlarity calls")
     simulator.add_arguments(sim)

@@ -33,7 +33,7 @@ from gateway.settings import (
 
 DEFAULT_PATH = "/vaani/knowlarity/setup-call-streams"
 # Printed by the echo bot once it holds its partitions; dev waits for it.
-BOT_READY_MARK = "event=echo_bot_ready"
+BOT_READY_MARK = "event=bot_ready"
 
 
 @dataclass(frozen=True)

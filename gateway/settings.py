@@ -130,6 +130,12 @@ def add_settings(parser: argparse.ArgumentParser, table: Sequence[Setting]) -> N
         )
 
 
+def nested(table: Sequence[Setting], under: str) -> tuple[Setting, ...]:
+    """The same settings placed under ``under`` in a bigger config ("bot" -> "bot.kafka"),
+    their defaults cleared so that ``with_defaults`` reads them from the bigger config."""
+    return tuple(replace(s, path=f"{under}.{s.target}", default=None) for s in table)
+
+
 def as_argv(args: argparse.Namespace, table: Sequence[Setting]) -> list[str]:
     """The flags given on ``args``, as a command line again (to run the command elsewhere)."""
     out: list[str] = []

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from gateway.bot.echo import EchoBotSettings
+from gateway.bot.ivr import IVR_BOT_SETTINGS, IvrBotSettings
 from gateway.cli import build_parser, command_settings
 from gateway.config import NodeConfig
 from gateway.dev import DEV_SETTINGS, DevSettings
@@ -29,6 +30,7 @@ COMMANDS = sorted(command_settings())
 BUILD: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], Any]] = {
     "serve": lambda a, e: NodeConfig.from_args(a, e),
     "bot echo": lambda a, e: EchoBotSettings.from_args(a, e),
+    "bot ivr": lambda a, e: from_args(IvrBotSettings(), IVR_BOT_SETTINGS, a, e),
     "simulate": lambda a, e: from_args(SimulateSettings(), SIMULATE_SETTINGS, a, e),
     "dev": lambda a, e: from_args(DevSettings(), DEV_SETTINGS, a, e),
     "bench": lambda a, e: from_args(BenchSettings(), BENCH_SETTINGS, a, e),
@@ -88,12 +90,16 @@ def test_booleans_are_spelt_the_same(command: str) -> None:
             BUILD[command](_parse(command, []), {s.env: "maybe"})
 
 
+def _log(config: Any) -> Any:
+    return getattr(config, "bot", config)  # a bot's logging sits with its SDK settings
+
+
 @pytest.mark.parametrize("command", ["serve", "bot echo"])
 @pytest.mark.parametrize(("given", "level"), [("debug", "debug"), ("WARN", "warning"),
                                               ("warning", "warning"), ("error", "error")])
 def test_log_levels_are_spelt_the_same(command: str, given: str, level: str) -> None:
     config = BUILD[command](_parse(command, ["--log-level", given]), {})
-    assert config.log_level == level
+    assert _log(config).log_level == level
 
 
 @pytest.mark.parametrize("command", ["serve", "bot echo"])
@@ -106,7 +112,7 @@ def test_bad_log_level_names_the_setting(command: str) -> None:
 def test_kafka_means_the_same(command: str) -> None:
     """KGW_KAFKA is bootstrap servers for the node and the bot alike, checked alike."""
     config = BUILD[command](_parse(command, []), {"KGW_KAFKA": " a:9092 , b:9093 "})
-    assert config.kafka == "a:9092,b:9093"
+    assert _log(config).kafka == "a:9092,b:9093"
     for bad in ("", "a", "a:port", "a:70000"):
         with pytest.raises(SettingError, match="--kafka / KGW_KAFKA"):
             BUILD[command](_parse(command, []), {"KGW_KAFKA": bad})

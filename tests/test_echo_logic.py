@@ -1,4 +1,7 @@
-"""The echo bot's pure decisions, on a fake clock (plain floats), with no broker."""
+"""The echo bot's pure decisions for one call, on a fake clock (plain floats), with no broker.
+
+Routing records to calls, late joins, duplicates and forgetting lost calls are
+the SDK's (tests/test_sdk.py)."""
 
 from __future__ import annotations
 
@@ -7,15 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from gateway.bot.echo_logic import (
-    EchoCalls,
-    EchoPolicy,
-    Note,
-    PolicyError,
-    Send,
-    chime,
-    rms,
-)
+from gateway.bot.echo_logic import EchoCall, EchoPolicy, PolicyError, chime, rms
 from gateway.core import model as m
 
 CALL = "call-1"
@@ -34,28 +29,41 @@ QUIET = level(100)  # RMS 100 = -50.3 dBFS: silence under the -45 dBFS default
 SPEECH = level(1000)  # RMS 1000 = -30.3 dBFS
 
 
-def bot(**policy: object) -> EchoCalls:
-    calls = EchoCalls(EchoPolicy(**policy))  # type: ignore[arg-type]
-    calls.on_started(CALL, REPLY, RATE, 0.0)
-    return calls
+class _Bot:
+    """One EchoCall, called as the tests read: ``on_audio(call, pcm, rate, t)``."""
+
+    def __init__(self, policy: EchoPolicy) -> None:
+        self.call = EchoCall(call_id=CALL, reply_topic=REPLY, sample_rate=RATE, policy=policy,
+                             started_at=0.0, last_seen=0.0)
+
+    def on_audio(self, call_id: str, pcm: bytes, rate: int, now: float) -> list[m.Command]:
+        assert call_id == CALL
+        return self.call.on_audio(pcm, rate, now)
+
+    def tick(self, now: float) -> list[m.Command]:
+        return self.call.tick(now)
+
+    def next_due(self) -> float | None:
+        return self.call.next_due()
 
 
-def sends(effects: list) -> list[m.Command]:
-    return [e.command for e in effects if isinstance(e, Send)]
+def bot(**policy: object) -> _Bot:
+    return _Bot(EchoPolicy(**policy))  # type: ignore[arg-type]
 
 
-def kinds(effects: list) -> list[str]:
-    return [type(c.body).__name__ for c in sends(effects)]
+def sends(commands: list[m.Command]) -> list[m.Command]:
+    return commands
+
+
+def kinds(commands: list[m.Command]) -> list[str]:
+    return [type(c.body).__name__ for c in commands]
 
 
 def test_started_sends_greeting_chime_then_mark_to_reply_topic() -> None:
     """A started call gets a PlayAudio chime at its rate, then the greeting-done mark."""
-    calls = EchoCalls(EchoPolicy())
-    effects = calls.on_started(CALL, REPLY, RATE, 0.0)
-    out = [e for e in effects if isinstance(e, Send)]
-    assert [s.topic for s in out] == [REPLY, REPLY]
-    assert [s.command.call_id for s in out] == [CALL, CALL]
-    play, mark = out[0].command.body, out[1].command.body
+    out = bot().call.greeting()
+    assert [c.call_id for c in out] == [CALL, CALL]
+    play, mark = out[0].body, out[1].body
     assert isinstance(play, m.PlayAudio)
     assert play.sample_rate == 8000
     assert len(play.pcm) == 4800  # 2 tones x 150 ms x 8000 Hz x 2 bytes
@@ -76,8 +84,8 @@ def test_chime_is_deterministic_faded_and_at_the_rate() -> None:
 
 def test_greeting_comes_before_the_first_echo() -> None:
     """The commands of a call go out as greeting, mark, then echoes."""
-    calls = EchoCalls(EchoPolicy())
-    effects = calls.on_started(CALL, REPLY, RATE, 0.0)
+    calls = bot()
+    effects = calls.call.greeting()
     effects += calls.on_audio(CALL, SPEECH, RATE, 0.1)
     effects += calls.tick(0.4)
     assert [c.command_id for c in sends(effects)] == ["greeting", "greeting-done", "echo-0"]
@@ -131,7 +139,7 @@ def test_silence_hangs_up_after_n_seconds_of_media_after_the_echo() -> None:
     out = sends(calls.tick(2.3))
     assert [c.command_id for c in out] == ["echo-49", "hangup"]
     assert out[1].body == m.HangUp()
-    assert calls.stats.hangups_silence == 1
+    assert calls.call.hangup_reason == "silence"
 
 
 def test_silence_is_measured_in_media_time_not_wall_time() -> None:
@@ -194,8 +202,7 @@ def test_max_call_hangs_up_after_the_echo_of_audio_already_received() -> None:
     assert sends(calls.tick(5.19)) == []
     out = sends(calls.tick(5.21))
     assert [c.command_id for c in out] == ["echo-0", "hangup"]
-    assert calls.stats.hangups_max_call == 1
-    assert calls.stats.chunks_after_hangup == 1
+    assert calls.call.hangup_reason == "max_call"
 
 
 def test_max_call_with_no_audio_hangs_up_on_the_tick() -> None:
@@ -225,64 +232,12 @@ def test_zero_disables_both_limits() -> None:
     assert kinds(out) == ["PlayAudio"] * 1000
 
 
-def test_audio_for_an_unknown_call_is_skipped_and_counted() -> None:
-    """Records of a call whose start the bot never saw send nothing; the call is noted once."""
-    calls = EchoCalls(EchoPolicy(echo_delay_ms=0))
-    first = calls.on_audio("joined-late", SPEECH, RATE, 1.0)
-    second = calls.on_audio("joined-late", SPEECH, RATE, 1.02)
-    other = calls.on_other("joined-late", 1.03)
-    assert sends(first + second + other + calls.tick(10.0)) == []
-    assert first == [Note("joined-late", "skipping_call_without_start")]
-    assert second == [] and other == []
-    assert calls.stats.records_without_start == 3
-    assert len(calls) == 0
-
-
-def test_ended_forgets_the_call_and_drops_held_echoes() -> None:
-    """After ``ended`` the call is gone: held chunks and later records send nothing."""
-    calls = bot(echo_delay_ms=300)
-    calls.on_audio(CALL, SPEECH, RATE, 1.0)
-    calls.on_ended(CALL, 1.1)
-    assert CALL not in calls and len(calls) == 0
-    assert sends(calls.tick(2.0) + calls.on_audio(CALL, SPEECH, RATE, 2.0)) == []
-    assert calls.stats.calls_ended == 1
-
-
-def test_a_call_with_no_record_for_ten_minutes_is_forgotten() -> None:
-    """A call whose ``ended`` was lost is dropped 600 s after its last record."""
-    calls = bot(max_call_s=0, silence_hangup_s=0)
-    calls.on_other(CALL, 100.0)
-    calls.tick(699.9)
-    assert CALL in calls
-    effects = calls.tick(700.0)
-    assert CALL not in calls
-    assert effects == [Note(CALL, "call_forgotten", "idle_s=600")]
-    assert calls.stats.calls_forgotten == 1
-
-
-def test_a_redelivered_start_does_not_greet_twice() -> None:
-    """A second ``started`` for a live call is counted and sends nothing."""
-    calls = bot()
-    assert sends(calls.on_started(CALL, REPLY, RATE, 1.0)) == []
-    assert calls.stats.duplicate_starts == 1 and calls.stats.calls_started == 1
-
-
-@pytest.mark.parametrize(("reply", "rate"), [("", 8000), (REPLY, 0)])
-def test_a_start_without_reply_topic_or_rate_is_skipped(reply: str, rate: int) -> None:
-    """A ``started`` the bot cannot answer (no reply topic or no rate) sends nothing."""
-    calls = EchoCalls(EchoPolicy(echo_delay_ms=0))
-    assert sends(calls.on_started(CALL, reply, rate, 0.0)) == []
-    assert sends(calls.on_audio(CALL, SPEECH, RATE, 0.1)) == []
-    assert calls.stats.bad_starts == 1
-
-
 @pytest.mark.parametrize(("field", "value", "setting"), [
     ("echo_delay_ms", -1, "echo-delay-ms"),
     ("echo_delay_ms", 1.5, "echo-delay-ms"),
     ("silence_dbfs", 1.0, "silence-dbfs"),
     ("silence_hangup_s", -1.0, "silence-hangup-s"),
     ("max_call_s", float("inf"), "max-call-s"),
-    ("forget_after_s", 0, "forget-after-s"),
 ])
 def test_bad_policy_names_the_setting(field: str, value: object, setting: str) -> None:
     """An out-of-range behaviour value fails at construction, naming the setting."""

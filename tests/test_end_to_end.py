@@ -31,6 +31,7 @@ from gateway.core import model as m
 from gateway.core.wav import decode_wav, encode_wav
 from gateway.node import Node
 from gateway.records import end_reason
+from gateway.sdk import BotSettings
 from gateway.testing import CommandSender, InboundReader, OutboundReader
 
 pytestmark = pytest.mark.broker
@@ -65,8 +66,9 @@ async def running_node(config: NodeConfig) -> AsyncIterator[Node]:
 @asynccontextmanager
 async def running_bot(bootstrap: str, prefix: str, policy: EchoPolicy) -> AsyncIterator[None]:
     ready, stop = asyncio.Event(), asyncio.Event()
-    settings = EchoBotSettings(kafka=bootstrap, topic_prefix=prefix, group_id=prefix + "-bot",
-                               policy=policy)
+    settings = EchoBotSettings(
+        bot=BotSettings(kafka=bootstrap, topic_prefix=prefix, group_id=prefix + "-bot"),
+        policy=policy)
     task = asyncio.ensure_future(run_echo_bot(settings, ready=ready, stop=stop))
     await asyncio.wait_for(ready.wait(), 60)
     try:

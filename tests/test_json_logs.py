@@ -167,7 +167,7 @@ def test_json_observer_writes_one_line_per_event() -> None:
 def test_bot_log_format_setting(given: str, ok: bool) -> None:
     """The echo bot takes --log-format text|json, and a bad value names the setting."""
     if ok:
-        assert EchoBotSettings.from_args(None, {"KGW_LOG_FORMAT": given}).log_format == given
+        assert EchoBotSettings.from_args(None, {"KGW_LOG_FORMAT": given}).bot.log_format == given
     else:
         with pytest.raises(SettingError, match="KGW_LOG_FORMAT"):
             EchoBotSettings.from_args(None, {"KGW_LOG_FORMAT": given})

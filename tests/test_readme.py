@@ -15,11 +15,14 @@ from gateway.cli import command_settings
 from gateway.config import NODE_SETTINGS
 from gateway.core.errors import CloseCode
 from gateway.ops import limits
+from gateway.sdk import BOT_SETTINGS
 from gateway.settings import markdown_table
 
 ROOT = Path(__file__).parent.parent
 README_PATH = ROOT / "README.md"
 README = README_PATH.read_text()
+BOTS_DOC_PATH = ROOT / "docs" / "bots.md"
+BOTS_DOC = BOTS_DOC_PATH.read_text()
 
 GENERATED: dict[str, Callable[[], str]] = {
     "settings-table": lambda: markdown_table(NODE_SETTINGS),
@@ -45,6 +48,12 @@ def _section(name: str) -> str:
 def test_settings_table_matches_the_code() -> None:
     """The README's configuration table is exactly the one generated from the node's settings."""
     assert _section("settings-table") == markdown_table(NODE_SETTINGS)
+
+
+def test_the_bot_guide_s_settings_table_matches_the_sdk() -> None:
+    m = _pattern("bot-settings").search(BOTS_DOC)
+    assert m, "bot-settings markers missing from docs/bots.md"
+    assert m.group(2).removesuffix("\n") == markdown_table(BOT_SETTINGS)
 
 
 def test_every_command_has_its_settings_table() -> None:
@@ -108,6 +117,8 @@ def regenerate(text: str) -> str:
 
 if __name__ == "__main__":
     README_PATH.write_text(regenerate(README))
+    BOTS_DOC_PATH.write_text(_pattern("bot-settings").sub(
+        lambda m: m.group(1) + markdown_table(BOT_SETTINGS) + "\n" + m.group(3), BOTS_DOC))
     sys.exit(0)
 
 

@@ -23,6 +23,7 @@ NEVER: dict[str, tuple[str, ...]] = {
     "gateway.topics": ("gateway.",),
     "gateway.config": (*WIRING, *EDGES, "gateway.ops"),
     "gateway.settings": (*WIRING, *EDGES, "gateway.ops", "gateway.config"),
+    "gateway.sdk": (*WIRING, *EDGES, "gateway.bot", "gateway.testing"),
     "gateway.bot": (*WIRING, *EDGES),
     "gateway.simulator": (*WIRING, *EDGES, "gateway.bot"),
 }

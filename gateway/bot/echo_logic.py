@@ -1,15 +1,11 @@
-"""What the echo bot decides, with no I/O: decoded values and the time in, commands out.
+"""What the echo bot decides for one call, with no I/O: audio and the time in, commands out.
 
-``EchoCall`` is one call: it greets, holds each caller chunk until its due time
-(the time the bot received it plus the echo delay), then plays it back byte
-for byte, and decides to hang up on silence or on a too-long call. ``EchoCalls``
-routes records to calls by call id, skips calls whose start it never saw, and
-forgets calls that ended or went quiet. Times are seconds from one monotonic
-clock the caller chooses (the event loop's); nothing here reads a clock.
-
-No aiokafka, asyncio or generated protobuf code is imported here: the Kafka
-shell in ``gateway.bot.echo`` decodes records, calls these methods and
-executes the ``Send`` effects they return.
+``EchoCall`` greets, holds each caller chunk until its due time (the time the
+bot received it plus the echo delay), then plays it back byte for byte, and
+decides to hang up on silence or on a too-long call. Times are seconds from
+one monotonic clock the caller chooses (the event loop's); nothing here reads
+a clock. ``gateway.bot.echo`` runs one per call on the SDK, which routes
+records, joins calls taken over mid-way and forgets lost ones.
 """
 
 from __future__ import annotations
@@ -52,9 +48,6 @@ class EchoPolicy:
     # Wall time (the bot's monotonic clock) since the bot saw ``started``, not
     # media time: a caller stream that stalls must still not hold the call open.
     max_call_s: float = 120.0
-    # A call with no record for this long is forgotten, so a lost ``ended``
-    # never leaks memory.
-    forget_after_s: float = 600.0
 
     def __post_init__(self) -> None:
         delay = self.echo_delay_ms
@@ -63,9 +56,6 @@ class EchoPolicy:
         _check_number("silence-dbfs", self.silence_dbfs, upper=0.0, lower=None)
         _check_number("silence-hangup-s", self.silence_hangup_s, upper=None, lower=0.0)
         _check_number("max-call-s", self.max_call_s, upper=None, lower=0.0)
-        _check_number("forget-after-s", self.forget_after_s, upper=None, lower=0.0)
-        if self.forget_after_s == 0:
-            raise PolicyError("forget-after-s", "must be > 0")
 
     @property
     def echo_delay_s(self) -> float:
@@ -85,45 +75,6 @@ def _check_number(setting: str, value: float, *, upper: float | None,
         raise PolicyError(setting, f"must be >= {lower:g}, got {value!r}")
     if upper is not None and value > upper:
         raise PolicyError(setting, f"must be <= {upper:g}, got {value!r}")
-
-
-# --- effects -----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Send:
-    """Produce ``command`` to ``topic``, keyed by its call id; the shell stamps ``sent_at``."""
-
-    topic: str
-    command: m.Command
-
-
-@dataclass(frozen=True)
-class Note:
-    """Something about a call worth one log line at INFO."""
-
-    call_id: str
-    event: str
-    detail: str = ""
-
-
-Effect = Send | Note
-
-
-@dataclass
-class EchoStats:
-    """Running counters; the shell logs them."""
-
-    calls_started: int = 0
-    calls_ended: int = 0
-    calls_forgotten: int = 0
-    duplicate_starts: int = 0
-    bad_starts: int = 0
-    chunks_echoed: int = 0
-    chunks_after_hangup: int = 0
-    records_without_start: int = 0
-    hangups_silence: int = 0
-    hangups_max_call: int = 0
 
 
 # --- audio helpers -----------------------------------------------------------
@@ -244,127 +195,3 @@ class EchoCall:
 
     def _cmd(self, body: m.CommandBody, command_id: str) -> m.Command:
         return m.Command(call_id=self.call_id, body=body, command_id=command_id)
-
-
-# --- all calls of one bot ------------------------------------------------------
-
-
-class EchoCalls:
-    """The calls one bot instance holds, by call id; every method returns effects."""
-
-    def __init__(self, policy: EchoPolicy) -> None:
-        self.policy = policy
-        self.stats = EchoStats()
-        self._calls: dict[str, EchoCall] = {}
-        # Calls seen without their ``started`` (the bot joined mid-call), by last
-        # record time: so each is noted once, and forgotten like a live call.
-        self._unknown: dict[str, float] = {}
-
-    def __len__(self) -> int:
-        return len(self._calls)
-
-    def __contains__(self, call_id: object) -> bool:
-        return call_id in self._calls
-
-    def get(self, call_id: str) -> EchoCall | None:
-        return self._calls.get(call_id)
-
-    def on_started(self, call_id: str, reply_topic: str, sample_rate: int,
-                   now: float) -> list[Effect]:
-        """Remember the call's reply address and rate, and greet the caller."""
-        if call_id in self._calls:
-            # A redelivered ``started``: greeting twice would be wrong.
-            self.stats.duplicate_starts += 1
-            self._calls[call_id].last_seen = now
-            return [Note(call_id, "duplicate_start")]
-        if not reply_topic or sample_rate <= 0:
-            self.stats.bad_starts += 1
-            self._unknown[call_id] = now
-            return [Note(call_id, "bad_start",
-                         f"reply_topic={reply_topic!r} sample_rate={sample_rate}")]
-        self._unknown.pop(call_id, None)
-        call = EchoCall(call_id=call_id, reply_topic=reply_topic, sample_rate=sample_rate,
-                        policy=self.policy, started_at=now, last_seen=now)
-        self._calls[call_id] = call
-        self.stats.calls_started += 1
-        effects: list[Effect] = [Note(call_id, "call_started",
-                                      f"reply_topic={reply_topic} sample_rate={sample_rate}")]
-        effects.extend(Send(reply_topic, c) for c in call.greeting())
-        return effects
-
-    def on_audio(self, call_id: str, pcm: bytes, sample_rate: int, now: float) -> list[Effect]:
-        """Hold a caller chunk for echo; may decide (and, once the echo is out, send) a hang-up."""
-        call = self._calls.get(call_id)
-        if call is None:
-            return self._without_start(call_id, now)
-        if call.hangup_reason is not None:
-            self.stats.chunks_after_hangup += 1
-        return self._effects(call, call.on_audio(pcm, sample_rate, now))
-
-    def on_other(self, call_id: str, now: float) -> list[Effect]:
-        """A record the bot does not act on (provider event, playback, dropped): keeps it alive."""
-        call = self._calls.get(call_id)
-        if call is None:
-            return self._without_start(call_id, now)
-        call.last_seen = now
-        return []
-
-    def on_ended(self, call_id: str, now: float) -> list[Effect]:
-        """Forget the call; chunks still held are dropped, since nobody can hear them."""
-        self._unknown.pop(call_id, None)
-        call = self._calls.pop(call_id, None)
-        if call is None:
-            self.stats.records_without_start += 1
-            return []
-        self.stats.calls_ended += 1
-        return [Note(call_id, "call_ended", f"dropped_held={call.chunks_held}")]
-
-    def tick(self, now: float) -> list[Effect]:
-        """Release due echoes and hang-ups, and forget calls idle for ``forget_after_s``."""
-        effects: list[Effect] = []
-        for call_id, call in list(self._calls.items()):
-            if now - call.last_seen >= self.policy.forget_after_s:
-                del self._calls[call_id]
-                self.stats.calls_forgotten += 1
-                effects.append(Note(call_id, "call_forgotten",
-                                    f"idle_s={now - call.last_seen:.0f}"))
-                continue
-            commands = call.tick(now)
-            if commands:
-                effects.extend(self._effects(call, commands))
-        for call_id, seen in list(self._unknown.items()):
-            if now - seen >= self.policy.forget_after_s:
-                del self._unknown[call_id]
-        return effects
-
-    def flush(self) -> list[Effect]:
-        """Release every held echo and decided hang-up at once (the bot is stopping)."""
-        effects: list[Effect] = []
-        for call in self._calls.values():
-            effects.extend(self._effects(call, call.flush()))
-        return effects
-
-    def next_due(self) -> float | None:
-        """The earliest time a held echo falls due, if any."""
-        dues = [d for c in self._calls.values() if (d := c.next_due()) is not None]
-        return min(dues, default=None)
-
-    def _without_start(self, call_id: str, now: float) -> list[Effect]:
-        self.stats.records_without_start += 1
-        first = call_id not in self._unknown
-        self._unknown[call_id] = now
-        return [Note(call_id, "skipping_call_without_start")] if first else []
-
-    def _effects(self, call: EchoCall, commands: list[m.Command]) -> list[Effect]:
-        effects: list[Effect] = []
-        for c in commands:
-            if isinstance(c.body, m.PlayAudio):
-                self.stats.chunks_echoed += 1
-            elif isinstance(c.body, m.HangUp):
-                if call.hangup_reason == "silence":
-                    self.stats.hangups_silence += 1
-                else:
-                    self.stats.hangups_max_call += 1
-                effects.append(Note(call.call_id, "hang_up", f"reason={call.hangup_reason}"))
-            effects.append(Send(call.reply_topic, c))
-        return effects

@@ -2,12 +2,22 @@
 
 In memory (no broker, no socket): ``RecordingBus`` and ``node_in_memory`` for a
 node whose edges are recorded, ``FakeProvider`` for a provider socket driven
-through Autobahn's real handshake. Against a real broker: ``InboundReader`` and
-``OutboundReader`` group a topic's records by call, ``CommandSender`` sends
-commands as a bot does.
+through Autobahn's real handshake, ``ScriptedCall`` for a bot on the SDK driven
+by a scripted caller against ``PlayoutModel``, a model of the node's playout
+(``run_async`` runs such a test's coroutine beside pytest's asyncio reactor).
+Against a real broker: ``InboundReader`` and ``OutboundReader`` group a topic's
+records by call, ``StateReader`` reads the call-state topic, ``CommandSender``
+sends commands as a bot does.
 """
 
-from gateway.testing.broker import CommandSender, InboundReader, OutboundReader, TopicReader
+from gateway.testing.bots import PlayoutModel, ScriptedCall, run_async
+from gateway.testing.broker import (
+    CommandSender,
+    InboundReader,
+    OutboundReader,
+    StateReader,
+    TopicReader,
+)
 from gateway.testing.memory import RecordingBus, node_in_memory
 from gateway.testing.provider import FakeProvider, client_frame, parse_server_frames
 
@@ -16,9 +26,13 @@ __all__ = [
     "FakeProvider",
     "InboundReader",
     "OutboundReader",
+    "PlayoutModel",
     "RecordingBus",
+    "ScriptedCall",
+    "StateReader",
     "TopicReader",
     "client_frame",
     "node_in_memory",
     "parse_server_frames",
+    "run_async",
 ]
