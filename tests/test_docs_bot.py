@@ -13,8 +13,8 @@ from test_end_to_end import in_twisted, reading, running_node, simulate, url_of
 
 from gateway.core import model as m
 from gateway.core.wav import decode_wav, encode_wav
-from gateway.sdk import BotSettings, run_bot
-from gateway.testing import InboundReader, ScriptedCall, run_async
+from gateway.sdk import BotSettings
+from gateway.testing import InboundReader, ScriptedCall, run_async, running_bot
 
 DOC = Path(__file__).parent.parent / "docs" / "bots.md"
 RATE = 8000
@@ -69,25 +69,17 @@ async def test_the_guide_s_bot_on_a_broker(kafka_bootstrap: str, topic_prefix: s
                                            tmp_path: Path) -> None:
     """The same bot against a node: the caller hears the beep and its own three turns,
     and the bot hangs up."""
-    import asyncio
-
     bot = the_bot()
     audio = tmp_path / "caller.wav"
     audio.write_bytes(encode_wav(b"".join(t + quiet(1.5) for t in TURNS), RATE))
     settings = BotSettings(kafka=kafka_bootstrap, topic_prefix=topic_prefix,
                            group_id=topic_prefix + "-repeat")
     async with running_node(config(kafka_bootstrap, topic_prefix, "n1")) as node, \
-            reading(InboundReader(kafka_bootstrap, topic_prefix)):
-        ready, stop = asyncio.Event(), asyncio.Event()
-        task = asyncio.ensure_future(run_bot(bot.handle, settings, ready=ready, stop=stop))
-        try:
-            await asyncio.wait_for(ready.wait(), 60)
-            result = await simulate(url_of(node), [
-                "--audio", str(audio), "--seconds", "6.6", "--linger-s", "3",
-                "--out", str(tmp_path)])
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 30)
+            reading(InboundReader(kafka_bootstrap, topic_prefix)), \
+            running_bot(bot.handle, settings):
+        result = await simulate(url_of(node), [
+            "--audio", str(audio), "--seconds", "6.6", "--linger-s", "3",
+            "--out", str(tmp_path)])
     (call,) = result["calls"]
     assert call["ended"] == "bot_hangup", call
     heard, rate = decode_wav((tmp_path / f"{call['call_id']}.heard.wav").read_bytes())

@@ -7,7 +7,7 @@ by a scripted caller against ``PlayoutModel``, a model of the node's playout
 (``run_async`` runs such a test's coroutine beside pytest's asyncio reactor).
 Against a real broker: ``InboundReader`` and ``OutboundReader`` group a topic's
 records by call, ``StateReader`` reads the call-state topic, ``CommandSender``
-sends commands as a bot does.
+sends commands as a bot does, ``running_bot`` runs an SDK bot for a block.
 """
 
 from gateway.testing.bots import PlayoutModel, ScriptedCall, run_async
@@ -17,6 +17,7 @@ from gateway.testing.broker import (
     OutboundReader,
     StateReader,
     TopicReader,
+    running_bot,
 )
 from gateway.testing.memory import RecordingBus, node_in_memory
 from gateway.testing.provider import FakeProvider, client_frame, parse_server_frames
@@ -35,4 +36,5 @@ __all__ = [
     "node_in_memory",
     "parse_server_frames",
     "run_async",
+    "running_bot",
 ]

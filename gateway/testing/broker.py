@@ -1,5 +1,6 @@
 """Broker-backed harness pieces: readers of the call topics that group records by call,
-and a sender of commands as a bot sends them. Public aiokafka APIs only.
+a sender of commands as a bot sends them, and an SDK bot for the length of a block.
+Public aiokafka APIs only.
 """
 
 from __future__ import annotations
@@ -7,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -15,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from gateway import records, topics
 from gateway.core import model as m
+from gateway.sdk import BotSettings, Handler, Stats, run_bot
 
 
 class TopicReader:
@@ -153,3 +156,24 @@ class CommandSender:
 
     async def stop(self) -> None:
         await self._producer.stop()
+
+
+@asynccontextmanager
+async def running_bot(handler: Handler, settings: BotSettings, *,
+                      ready_timeout_s: float = 60.0, stop_timeout_s: float = 30.0
+                      ) -> AsyncIterator[asyncio.Task[Stats]]:
+    """An SDK bot on a real broker for the body of the block, for integration tests of
+    bots: entered once it holds partitions, stopped (and its errors raised) on exit."""
+    ready, stop = asyncio.Event(), asyncio.Event()
+    task = asyncio.ensure_future(run_bot(handler, settings, ready=ready, stop=stop))
+    try:
+        done, _ = await asyncio.wait({task, asyncio.ensure_future(ready.wait())},
+                                     timeout=ready_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()  # it failed to start: raise why
+        if not ready.is_set():
+            raise TimeoutError(f"the bot held no partition within {ready_timeout_s:g} s")
+        yield task
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, stop_timeout_s)
