@@ -54,7 +54,9 @@ def test_runtime_wheel_holds_the_node_and_the_core(wheel: zipfile.ZipFile) -> No
     names = set(_modules(wheel))
     for path in ("gateway/node.py", "gateway/core/call.py", "gateway/cli.py",
                  "gateway/bot/echo.py", "gateway/simulator/__init__.py",
-                 "gateway/localkafka/__init__.py", "gateway/localkafka/pom.xml"):
+                 "gateway/localkafka/__init__.py", "gateway/localkafka/pom.xml",
+                 "gateway/sdk/__init__.py", "gateway/bot/ivr.py",
+                 "gateway/bot/prompts/prompt.wav", "gateway/bot/prompts/goodbye.wav"):
         assert path in names, path
 
 
