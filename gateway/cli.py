@@ -76,10 +76,11 @@ def command_settings() -> dict[str, tuple[Setting, ...]]:
     from gateway.bot.ivr import IVR_BOT_SETTINGS
     from gateway.config import NODE_SETTINGS
     from gateway.dev import DEV_SETTINGS
+    from gateway.replay import REPLAY_SETTINGS
     from gateway.simulator.command import SIMULATE_SETTINGS
 
     tables = {"serve": NODE_SETTINGS, "bot echo": ECHO_BOT_SETTINGS, "bot ivr": IVR_BOT_SETTINGS,
-              "simulate": SIMULATE_SETTINGS, "dev": DEV_SETTINGS}
+              "simulate": SIMULATE_SETTINGS, "replay": REPLAY_SETTINGS, "dev": DEV_SETTINGS}
     try:
         bench = _bench_command()
     except ImportError:
@@ -88,7 +89,7 @@ def command_settings() -> dict[str, tuple[Setting, ...]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gateway import dev, simulator
+    from gateway import dev, replay, simulator
     from gateway.bot import echo, ivr
     from gateway.config import add_node_arguments
 
@@ -115,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="place simulated Knowlarity calls")
     simulator.add_arguments(sim)
     sim.set_defaults(func=simulator.run)
+
+    replay_p = sub.add_parser("replay", help="place a recorded call again, from the bus")
+    replay.add_arguments(replay_p)
+    replay_p.set_defaults(func=replay.run)
 
     dev_p = sub.add_parser("dev", help="local Kafka + gateway + echo bot, in the foreground")
     dev.add_arguments(dev_p)

@@ -88,7 +88,8 @@ def inbound_to_proto(rec: m.Inbound, node_id: str,
         out.ended.CopyFrom(inbound_pb2.CallEnded(
             reason=_END_REASON[body.reason], detail=body.detail, close_code=body.close_code,
             audio_chunks=body.audio_chunks, audio_samples=body.audio_samples,
-            duration_ms=body.duration_ms,
+            duration_ms=body.duration_ms, turns=body.turns,
+            turn_latency_ms=list(body.turn_latency_ms),
         ))
     elif isinstance(body, m.RecordsDropped):
         out.dropped.CopyFrom(inbound_pb2.RecordsDropped(

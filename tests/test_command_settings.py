@@ -20,6 +20,7 @@ from gateway.bot.ivr import IVR_BOT_SETTINGS, IvrBotSettings
 from gateway.cli import build_parser, command_settings
 from gateway.config import NodeConfig
 from gateway.dev import DEV_SETTINGS, DevSettings
+from gateway.replay.command import REPLAY_SETTINGS, ReplaySettings
 from gateway.settings import SettingError, boolean, from_args
 from gateway.simulator.command import SIMULATE_SETTINGS, SimulateSettings
 from kgw_bench.command import BENCH_SETTINGS, BenchSettings
@@ -33,6 +34,7 @@ BUILD: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], Any]] = {
     "bot ivr": lambda a, e: from_args(IvrBotSettings(), IVR_BOT_SETTINGS, a, e),
     "simulate": lambda a, e: from_args(SimulateSettings(), SIMULATE_SETTINGS, a, e),
     "dev": lambda a, e: from_args(DevSettings(), DEV_SETTINGS, a, e),
+    "replay": lambda a, e: from_args(ReplaySettings(), REPLAY_SETTINGS, a, e),
     "bench": lambda a, e: from_args(BenchSettings(), BENCH_SETTINGS, a, e),
 }
 

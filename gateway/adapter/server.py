@@ -256,6 +256,8 @@ class ProviderProtocol(WebSocketServerProtocol):
                 # Before the CallStarted that follows: the host ends an older socket
                 # of the same call id first, so its CallEnded precedes this start.
                 f.host.call_started(self)
+            elif isinstance(e, m.TurnMeasured):
+                f.metrics.turn_latency.observe(e.latency)
             elif isinstance(e, m.CloseSocket):
                 self._closing_by_core = True
                 log.info("call {call_id}: closing socket ({code} {reason})",

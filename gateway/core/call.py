@@ -35,6 +35,7 @@ from gateway.core.playout import (
     ReleasedMarker,
 )
 from gateway.core.rate import TokenBucket
+from gateway.core.turns import TurnMeter
 
 
 class State(enum.Enum):
@@ -115,6 +116,7 @@ class Call:
         self._aggregate_samples = 0
         self._aligner = codec.PcmAligner()
         self._playout: Playout | None = None
+        self._turns: TurnMeter | None = None
         self._opened_at = 0.0
         self._started_at = 0.0
         self._last_frame_at = 0.0
@@ -163,6 +165,10 @@ class Call:
             else:
                 effects = [self._audio_record(pcm, now, now)]
             self._media_samples += len(pcm) // BYTES_PER_SAMPLE
+            if self._turns is not None:
+                latency = self._turns.caller_audio(pcm, now)
+                if latency is not None:
+                    effects.append(m.TurnMeasured(latency))
             if self._is_audio_flood(now):
                 effects += self._fail(
                     ProtocolError("caller audio faster than real time", CloseCode.POLICY_VIOLATION),
@@ -370,6 +376,7 @@ class Call:
         self._text_bucket.restart(now)
         self._frame_bucket.restart(now)
         self._playout = Playout(self._s.playout, start.sample_rate, self._budget)
+        self._turns = TurnMeter(start.sample_rate)
         self._aggregate_samples = self._s.aggregate_ms * start.sample_rate // 1000
         effects: list[m.Effect] = [
             m.CancelTimer(START_TIMER),
@@ -404,6 +411,9 @@ class Call:
                     item.pcm, self.sample_rate, self._s.content_type)))
                 effects.append(self._outbound(now, m.AudioSent(
                     item.pcm, self.sample_rate, item.media_position_samples)))
+                latency = self._turns.bot_audio(now) if self._turns is not None else None
+                if latency is not None:
+                    effects.append(m.TurnMeasured(latency))
             else:
                 effects += self._release_marker(item, now)
                 if self.state is not State.ACTIVE:
@@ -454,6 +464,7 @@ class Call:
                    + self._drop_queue(now, "call ended"))
         self.state = State.ENDED
         self.end_reason = reason
+        turns = self._turns.summary() if self._turns is not None else None
         effects.append(self._record(now, m.CallEnded(
             reason=reason,
             detail=detail,
@@ -462,6 +473,8 @@ class Call:
             audio_samples=self._media_samples,
             # max: a wall clock stepped back must not give a negative (unsendable) duration.
             duration_ms=max(0, int((now - self._started_at) * 1000)),
+            turns=turns.turns if turns else 0,
+            turn_latency_ms=turns.latencies_ms if turns else (),
         )))
         effects += self._cancel_all()
         if close is not None:

@@ -101,6 +101,9 @@ class CallEnded:
     audio_chunks: int = 0
     audio_samples: int = 0
     duration_ms: int = 0
+    # Turns measured (see gateway.core.turns) and the first MAX_LISTED_TURNS latencies, ms.
+    turns: int = 0
+    turn_latency_ms: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -290,11 +293,19 @@ class CallIdentified:
 
 
 @dataclass(frozen=True)
+class TurnMeasured:
+    """A caller turn was answered: ``latency`` seconds from the end of the caller's speech
+    to the first bot clip sent after it (gateway.core.turns). For the node's metrics."""
+
+    latency: float
+
+
+@dataclass(frozen=True)
 class CloseSocket:
     code: int
     reason: str
 
 
 Effect = (SendText | Publish | PublishOutbound | SetTimer | CancelTimer | CloseSocket
-          | CallIdentified)
+          | CallIdentified | TurnMeasured)
 

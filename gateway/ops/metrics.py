@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+# Caller turns: 50 ms (a bot answering at once) to 5 s (one that is lost).
+_TURN_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -67,3 +69,7 @@ class Metrics:
             "kgw_bus_task_failures", "unexpected failures of the node's Kafka tasks (restarted)",
             ["task"], registry=r)
         self.kafka_up = Gauge("kgw_kafka_up", "1 while the producer is delivering", registry=r)
+        self.turn_latency = Histogram(
+            "kgw_turn_latency_seconds",
+            "end of the caller's speech to the first bot audio sent after it (each turn)",
+            buckets=_TURN_BUCKETS, registry=r)

@@ -142,7 +142,7 @@ class _Call:
         except (OSError, TimeoutError) as error:
             return self._result(model.CONNECT_FAILED, _describe(error))
         budget = 2 * opts.open_timeout + opts.close_timeout + opts.linger + _GRACE_S
-        budget += len(self.frames) * self.period
+        budget += self._due(len(self.frames))
         try:
             await asyncio.wait_for(asyncio.shield(self.done), budget)
         except TimeoutError:
@@ -230,11 +230,22 @@ class _Call:
         self.frames_sent = k + 1
         self.bytes_sent += len(frame)
         if k + 1 < len(self.frames):
-            self.timer = self.loop.call_at(self.t0 + (k + 1) * self.period, self._send_next)
+            self.timer = self.loop.call_at(self.t0 + self._due(k + 1), self._send_next)
         else:
             # The caller stops talking when the last frame's audio is over, then lingers.
-            stream_end = self.t0 + (k + 1) * self.period
+            stream_end = self.t0 + self._due(k) + len(frame) / 2 / self.options.sample_rate
             self.timer = self.loop.call_at(stream_end + self.options.linger, self._caller_hangs_up)
+
+    def _due(self, k: int) -> float:
+        """Seconds after the start message that frame k goes out (k = len: the end)."""
+        offsets = self.options.frame_offsets_s
+        if offsets is None:
+            return k * self.period
+        if k < len(offsets):
+            return offsets[k]
+        if not offsets:
+            return 0.0
+        return offsets[-1] + len(self.frames[-1]) / 2 / self.options.sample_rate
 
     def _caller_hangs_up(self) -> None:
         self.timer = None

@@ -59,6 +59,9 @@ class CallOptions:
     # The result's call_id is still ``call_id`` (or a fresh uuid4).
     start_message: str | None = None
     frames: Sequence[bytes] | None = None
+    # With ``frames``: frame k goes out ``frame_offsets_s[k]`` seconds after the start
+    # message instead of at ``k * frame_ms`` (a replay keeps the recorded gaps).
+    frame_offsets_s: Sequence[float] | None = None
     subprotocols: tuple[str, ...] = ()
     verify_tls: bool = True
     open_timeout: float = 10.0  # TCP + TLS + WebSocket opening handshake
@@ -73,6 +76,11 @@ class CallOptions:
             raise ValueError(f"seconds must be >= 0; got {self.seconds}")
         if not (self.linger >= 0 and math.isfinite(self.linger)):
             raise ValueError(f"linger must be >= 0; got {self.linger}")
+        offsets = self.frame_offsets_s
+        if offsets is not None and (
+                self.frames is None or len(offsets) != len(self.frames)
+                or any(b < a for a, b in zip(offsets, offsets[1:], strict=False))):
+            raise ValueError("frame_offsets_s needs frames, one non-decreasing offset each")
         if self.pcm is not None and len(self.pcm) < 2:
             raise ValueError("pcm must hold at least one 16-bit sample")
 

@@ -1,7 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -142,20 +143,24 @@ class PlaybackEvent(_message.Message):
     def __init__(self, kind: _Optional[_Union[PlaybackEventKind, str]] = ..., mark_name: _Optional[str] = ..., samples: _Optional[int] = ..., detail: _Optional[str] = ..., heard_ms: _Optional[int] = ...) -> None: ...
 
 class CallEnded(_message.Message):
-    __slots__ = ("reason", "detail", "close_code", "audio_chunks", "audio_samples", "duration_ms")
+    __slots__ = ("reason", "detail", "close_code", "audio_chunks", "audio_samples", "duration_ms", "turns", "turn_latency_ms")
     REASON_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     CLOSE_CODE_FIELD_NUMBER: _ClassVar[int]
     AUDIO_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     AUDIO_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     DURATION_MS_FIELD_NUMBER: _ClassVar[int]
+    TURNS_FIELD_NUMBER: _ClassVar[int]
+    TURN_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     reason: EndReason
     detail: str
     close_code: int
     audio_chunks: int
     audio_samples: int
     duration_ms: int
-    def __init__(self, reason: _Optional[_Union[EndReason, str]] = ..., detail: _Optional[str] = ..., close_code: _Optional[int] = ..., audio_chunks: _Optional[int] = ..., audio_samples: _Optional[int] = ..., duration_ms: _Optional[int] = ...) -> None: ...
+    turns: int
+    turn_latency_ms: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, reason: _Optional[_Union[EndReason, str]] = ..., detail: _Optional[str] = ..., close_code: _Optional[int] = ..., audio_chunks: _Optional[int] = ..., audio_samples: _Optional[int] = ..., duration_ms: _Optional[int] = ..., turns: _Optional[int] = ..., turn_latency_ms: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RecordsDropped(_message.Message):
     __slots__ = ("records", "first_record_seq", "last_record_seq", "audio_chunks", "topic")
