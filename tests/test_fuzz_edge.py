@@ -492,7 +492,8 @@ def check_decoded(cmd: object, limits: CommandLimits) -> str | None:
         if len(body.reason) > MAX_REASON_CHARS:
             return "Refused reason is unbounded"
         return None
-    if not isinstance(body, m.PlayAudio | m.ClearAudio | m.Mark | m.HangUp | m.Transfer):
+    if not isinstance(body, m.PlayAudio | m.ClearAudio | m.Mark | m.HangUp | m.Transfer
+                      | m.PauseCapture | m.ResumeCapture):
         return f"unknown body {type(body).__name__}"
     if commands.check(body, limits) is not None:
         return f"an unchecked {type(body).__name__} came through: {commands.check(body, limits)}"
@@ -560,8 +561,10 @@ def rand_body(rng: random.Random, limits: CommandLimits) -> m.CommandBody:
         lambda: m.PlayAudio(rng.randbytes(2 * rng.randrange(1, 8000)),
                             rng.choice(sorted(PLAY_SAMPLE_RATES))),
         lambda: m.PlayAudio(rng.randbytes(2 * rng.randrange(1, 2000)),
-                            rng.choice(sorted(PLAY_SAMPLE_RATES))),
+                            rng.choice(sorted(PLAY_SAMPLE_RATES)), uninterruptible=True),
         lambda: m.ClearAudio(),
+        lambda: m.PauseCapture(),
+        lambda: m.ResumeCapture(),
         lambda: m.Mark(rand_name(rng, limits)),
         lambda: m.HangUp(),
         lambda: m.Transfer(tuple((rand_name(rng, limits), rand_name(rng, limits))
