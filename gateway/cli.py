@@ -72,6 +72,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 def command_settings() -> dict[str, tuple[Setting, ...]]:
     """Every command's settings table, by the words that run it (the README has each)."""
+    from gateway.audit.command import AUDIT_SETTINGS
     from gateway.bot.echo import ECHO_BOT_SETTINGS
     from gateway.bot.ivr import IVR_BOT_SETTINGS
     from gateway.config import NODE_SETTINGS
@@ -80,7 +81,8 @@ def command_settings() -> dict[str, tuple[Setting, ...]]:
     from gateway.simulator.command import SIMULATE_SETTINGS
 
     tables = {"serve": NODE_SETTINGS, "bot echo": ECHO_BOT_SETTINGS, "bot ivr": IVR_BOT_SETTINGS,
-              "simulate": SIMULATE_SETTINGS, "replay": REPLAY_SETTINGS, "dev": DEV_SETTINGS}
+              "simulate": SIMULATE_SETTINGS, "audit": AUDIT_SETTINGS,
+              "replay": REPLAY_SETTINGS, "dev": DEV_SETTINGS}
     try:
         bench = _bench_command()
     except ImportError:
@@ -116,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="place simulated Knowlarity calls")
     simulator.add_arguments(sim)
     sim.set_defaults(func=simulator.run)
+
+    from gateway.audit import command as audit
+
+    audit_p = sub.add_parser("audit", help="rebuild a call from the bus: stereo WAV, timeline, "
+                                           "summary, HTML page; or --list the calls")
+    audit.add_arguments(audit_p)
+    audit_p.set_defaults(func=audit.run)
 
     replay_p = sub.add_parser("replay", help="place a recorded call again, from the bus")
     replay.add_arguments(replay_p)

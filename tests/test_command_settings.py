@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from gateway.audit.command import AUDIT_SETTINGS, AuditSettings
 from gateway.bot.echo import EchoBotSettings
 from gateway.bot.ivr import IVR_BOT_SETTINGS, IvrBotSettings
 from gateway.cli import build_parser, command_settings
@@ -35,6 +36,7 @@ BUILD: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], Any]] = {
     "simulate": lambda a, e: from_args(SimulateSettings(), SIMULATE_SETTINGS, a, e),
     "dev": lambda a, e: from_args(DevSettings(), DEV_SETTINGS, a, e),
     "replay": lambda a, e: from_args(ReplaySettings(), REPLAY_SETTINGS, a, e),
+    "audit": lambda a, e: from_args(AuditSettings(), AUDIT_SETTINGS, a, e),
     "bench": lambda a, e: from_args(BenchSettings(), BENCH_SETTINGS, a, e),
 }
 

@@ -25,6 +25,8 @@ NEVER: dict[str, tuple[str, ...]] = {
     "gateway.settings": (*WIRING, *EDGES, "gateway.ops", "gateway.config"),
     "gateway.sdk": (*WIRING, *EDGES, "gateway.bot", "gateway.testing"),
     "gateway.bot": (*WIRING, *EDGES),
+    "gateway.audit": (*WIRING, *EDGES, "gateway.ops", "gateway.bot", "gateway.simulator",
+                      "gateway.testing", "gateway.replay"),
     "gateway.replay": (*WIRING, *EDGES, "gateway.bot", "gateway.sdk"),
     "gateway.simulator": (*WIRING, *EDGES, "gateway.bot"),
 }
