@@ -4,6 +4,7 @@ embedded stereo WAV, the summary lists the call's gap; a screenshot is saved bes
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -11,8 +12,10 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from test_audit import Call, T, ms, silence, tone
 
+from gateway.audit import files
 from gateway.audit.command import write_call
 from gateway.audit.timeline import build
 from gateway.proto.knowlarity.gateway.v1 import inbound_pb2
@@ -82,3 +85,19 @@ def test_the_page_renders_in_chromium(tmp_path: Path) -> None:
                     page.as_uri()], capture_output=True, timeout=120, check=True)
     assert shot.stat().st_size > 10_000, "the screenshot is empty"
     assert not np.asarray(timeline.left[1600:2400]).any(), "the gap is silent in the WAV"
+
+
+def test_the_gap_is_drawn_on_the_timeline(tmp_path: Path) -> None:
+    """The lost range is hatched in the caller's lane of the PNG, and only there."""
+    timeline = build(a_call_with_a_gap().inbound, [])
+    image = np.asarray(Image.open(io.BytesIO(files.png(timeline))).convert("RGB"))
+    span, plot_w = len(timeline.left), files.WIDTH - 2 * files._MARGIN
+
+    def x(sample: int) -> int:
+        return files._MARGIN + round(sample / span * plot_w)
+
+    lane = image[files._TOP:files._TOP + files._LANE]
+    hatched = np.all(lane == files._GAP, axis=2)
+    columns = np.flatnonzero(hatched.any(axis=0))
+    assert columns.size, "no gap drawn"
+    assert x(1600) <= columns.min() and columns.max() <= x(2400) + 40  # + its label
