@@ -348,7 +348,8 @@ def test_duplicates_by_record_seq_are_skipped_and_counted() -> None:
 
 def test_revoked_partition_ends_its_calls_as_handed_over() -> None:
     """Revoking partition 0: its call ends handed_over, its handler is cancelled, its unread
-    records are handed over; the call on partition 1 carries on."""
+    records are left for the new owner (the commit point stays before them); the call on
+    partition 1 carries on."""
     async def never(call: sdk.Call, chunk: sdk.Audio) -> None:
         if call.call_id == "p0":
             await asyncio.Event().wait()  # stops reading: records queue up behind it
@@ -375,7 +376,7 @@ def test_revoked_partition_ends_its_calls_as_handed_over() -> None:
     assert end is sdk.HANDED_OVER
     assert len(tasks) == 1 and tasks[0].cancelled()
     assert cancelled == ["p0"]
-    assert h.commit_point(0) == 4
+    assert h.commit_point(0) == 2  # chunks 1 and 2 are read again by the partition's new owner
     assert h.calls.get("p0") is None and bot.chunks["p1"] == [0]
     assert h.calls.stats.calls_handed_over == 1
 
@@ -465,6 +466,25 @@ def test_a_playback_record_resolves_the_handlers_mark() -> None:
     h = run_async(main())
     assert results == [sdk.MarkResult("greeting", sdk.MarkOutcome.REACHED, 1460)]
     assert [type(c.body) for c in h.sent] == [m.Mark]
+
+
+def test_an_event_the_bot_never_reads_does_not_hold_the_commit_back() -> None:
+    """The handler reads audio only: a playback event between two chunks is handed over on
+    delivery, so the commit point passes it once the second chunk is read."""
+    bot = Bot()
+
+    async def main() -> Harness:
+        h = Harness(bot)
+        h.feed(started("c"))
+        h.feed(audio("c", 1, 0))
+        h.feed(mark_reached("c", 2, "greeting", 300))
+        h.feed(audio("c", 3, 1))
+        await turns()
+        return h
+
+    h = run_async(main())
+    assert bot.chunks["c"] == [0, 1]
+    assert h.commit_point() == 4
 
 
 def test_capture_withheld_record_becomes_an_event() -> None:

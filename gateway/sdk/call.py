@@ -154,6 +154,10 @@ class CallEnd:
     duration_ms: int = 0
 
 
+def _nothing() -> None:
+    pass
+
+
 HANDED_OVER = CallEnd("handed_over", "the partition moved to another bot instance")
 
 Send = Callable[[m.Command], Awaitable[None]]
@@ -184,6 +188,11 @@ class Call:
     @property
     def call_id(self) -> str:
         return self.info.call_id
+
+    @property
+    def queued(self) -> int:
+        """Records delivered to this call and not yet read by its handler."""
+        return len(self._audio) + len(self._events)
 
     @property
     def audio_dropped(self) -> int:
@@ -274,7 +283,10 @@ class Call:
                     del self._marks[event.name]
                 if not w.done():
                     w.set_result(event)
-        self._events.put(event, done)
+        # Reading events() is optional: a bot that never does must not hold its
+        # partition's commit back, so an event counts as handed once it is delivered.
+        done()
+        self._events.put(event, _nothing)
 
     def deliver_end(self, end: CallEnd) -> None:
         """The call is over: iterators finish with what they hold, marks still waiting end."""
@@ -293,4 +305,10 @@ class Call:
         """The handler is gone: hand over whatever it will never read."""
         self._audio.discard()
         self._events.discard()
+
+    def release(self) -> None:
+        """The call moved to another instance: what this handler did not read is left for
+        the new owner (not handed over, so not committed here)."""
+        self._audio.release()
+        self._events.release()
 

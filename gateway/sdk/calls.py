@@ -64,6 +64,7 @@ class _Held:
     last_seq: int = -1
     last_seen: float = 0.0
     catching_up: bool = False  # joined late and still skipping a stale backlog
+    moved: bool = False  # its partition was revoked: unread records are the new owner's
 
 
 class Calls:
@@ -179,20 +180,35 @@ class Calls:
             log.exception("event=handler_failed call_id=%s", held.call.call_id,
                           extra={"call_id": held.call.call_id})
         finally:
-            # Whatever the handler left unread is handed over, so offsets move on.
-            held.call.abandon()
+            # Whatever the handler left unread is handed over, so offsets move on; unless
+            # the call moved, and its next owner reads those records again.
+            if not held.moved:
+                held.call.abandon()
+
+    async def drain(self, partitions: set[int], timeout_s: float) -> None:
+        """Give the handlers of calls on ``partitions`` up to ``timeout_s`` to read what is
+        already queued for them, so that a move or a stop commits it rather than have the
+        next owner read it again."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while any(h.call.queued for h in self._calls.values() if h.partition in partitions) \
+                and loop.time() < deadline:
+            await asyncio.sleep(0.01)
 
     def on_revoked(self, partitions: set[int]) -> list[asyncio.Task[None]]:
-        """Calls on partitions another instance now owns end here as ``handed_over``."""
+        """Calls on partitions another instance now owns end here as ``handed_over``; what
+        their handlers had not read yet is left unhanded, so the commit stops before it
+        and the new owner reads it (at-least-once across the move)."""
         tasks = []
         for call_id, held in list(self._calls.items()):
             if held.partition in partitions:
+                held.moved = True
                 self._end(call_id, HANDED_OVER)
                 self.stats.calls_handed_over += 1
+                held.call.release()
                 if held.task is not None:
                     held.task.cancel()
                     tasks.append(held.task)
-                held.call.abandon()
         for p in partitions:
             self._known_starts.pop(p, None)
         return tasks
@@ -206,7 +222,10 @@ class Calls:
                                                         f"{self._limits.forget_after_s:g} s"))
                 self.stats.calls_forgotten += 1
 
-    async def close(self) -> None:
-        """Stop every handler (the bot is stopping)."""
-        tasks = self.on_revoked({h.partition for h in self._calls.values()})
+    async def close(self, drain_s: float = 0.0) -> None:
+        """Stop every handler (the bot is stopping), after up to ``drain_s`` for them to read
+        what is queued."""
+        partitions = {h.partition for h in self._calls.values()}
+        await self.drain(partitions, drain_s)
+        tasks = self.on_revoked(partitions)
         await asyncio.gather(*tasks, return_exceptions=True)

@@ -45,6 +45,12 @@ class Inbox(Generic[T]):
         self.closed = True
         self._wake.set()
 
+    def release(self) -> None:
+        """Drop what is queued *without* handing it over: another consumer will read it
+        again (the partition moved), so its offsets must not be committed here."""
+        self.close()
+        self._items.clear()
+
     def discard(self) -> None:
         """Hand over everything still queued without delivering it (nobody will take it)."""
         self.close()

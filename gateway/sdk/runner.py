@@ -33,6 +33,9 @@ POLL_MS = 100
 STATE_READ_TIMEOUT_S = 10.0
 SHUTDOWN_TIMEOUT_S = 10.0
 IDLE_CHECK_S = 5.0
+# On a rebalance or a stop, how long handlers may take to read what is already queued
+# for them: what they read is committed, the rest the next owner reads again.
+HANDOVER_GRACE_S = 0.5
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -103,7 +106,9 @@ class _Runner:
     # --- partitions -----------------------------------------------------------------
 
     async def revoked(self, revoked: set[TopicPartition]) -> None:
-        tasks = self.calls.on_revoked({tp.partition for tp in revoked})
+        partitions = {tp.partition for tp in revoked}
+        await self.calls.drain(partitions, HANDOVER_GRACE_S)
+        tasks = self.calls.on_revoked(partitions)
         await asyncio.gather(*tasks, return_exceptions=True)
         await self.commit(revoked)
         for tp in revoked:
@@ -206,7 +211,7 @@ class _Runner:
             for t in helpers:
                 t.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
-            await self.calls.close()
+            await self.calls.close(HANDOVER_GRACE_S)
             await self.commit()
             await self._stop_clients()
             log.info("event=bot_stopped stats=%s send_failures=%d", self.calls.stats,
