@@ -11,6 +11,7 @@ each echo was: live audio is answered within a second, a stale backlog is not.
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import signal
 import sys
@@ -100,6 +101,34 @@ async def settled(bots: list[BotProcess], timeout: float = 60) -> None:
         await asyncio.sleep(0.2)
 
 
+class Assignments(logging.Handler):
+    """The partitions each in-process bot was last assigned, from the SDK's own log lines
+    (every instance logs ``event=partitions_assigned`` after each rebalance)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[float, set[int]]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "event=partitions_assigned" in text:
+            self.events.append((time.monotonic(), {int(p) for p in re.findall(r"\[(\d+)\]",
+                                                                               text)}))
+
+    async def settled(self, members: int, quiet_s: float = 2.0, timeout: float = 60) -> None:
+        """Wait until the last rebalance gave ``members`` instances all partitions between
+        them and no rebalance followed for ``quiet_s``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            last = [held for _, held in self.events[-members:]]
+            quiet = bool(self.events) and time.monotonic() - self.events[-1][0] >= quiet_s
+            if quiet and len(last) == members and all(last) \
+                    and sorted(p for held in last for p in held) == list(range(PARTITIONS)):
+                return
+            assert time.monotonic() < deadline, f"assignment never settled: {self.events}"
+            await asyncio.sleep(0.2)
+
+
 # --- what the bus says about each call ------------------------------------------------------
 
 
@@ -145,9 +174,18 @@ async def test_three_nodes_two_bots_thirty_calls_each_hears_its_own_echo(
             reading(commands_reader(kafka_bootstrap, topic_prefix, n))) for n in node_ids}
         stop = asyncio.Event()
         readies = [asyncio.Event(), asyncio.Event()]
+        assignments = Assignments()
+        sdk_log = logging.getLogger("gateway.sdk.runner")
+        stack.callback(sdk_log.setLevel, sdk_log.level)
+        stack.callback(sdk_log.removeHandler, assignments)
+        sdk_log.setLevel(logging.INFO)
+        sdk_log.addHandler(assignments)
         bots = [asyncio.ensure_future(run_echo_bot(bot, ready=r, stop=stop)) for r in readies]
         try:
             await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 60)
+            # Calls placed during a rebalance would be handed over mid-way (that is the
+            # next test's subject); this one is about routing with a settled group.
+            await assignments.settled(members=2)
             results = await asyncio.gather(*(
                 simulate(url_of(nodes[n]), ["--calls", "10", "--seconds", "3", "--linger-s",
                                             "1.5", "--out", str(tmp_path / n)])
