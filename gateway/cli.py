@@ -92,6 +92,7 @@ def command_settings() -> dict[str, tuple[Setting, ...]]:
 
 def build_parser() -> argparse.ArgumentParser:
     from gateway import dev, replay, simulator
+    from gateway.audit import command as audit
     from gateway.bot import echo, ivr
     from gateway.config import add_node_arguments
 
@@ -107,35 +108,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     bot = sub.add_parser("bot", help="run an example bot")
     bots = bot.add_subparsers(dest="bot", required=True)
-    echo_p = bots.add_parser("echo", help="greets, echoes the caller, hangs up on silence")
-    echo.add_arguments(echo_p)
-    echo_p.set_defaults(func=echo.run)
-    ivr_p = bots.add_parser("ivr", help="plays a prompt, takes barge-in, records the answer, "
-                                        "transfers or hangs up")
-    ivr.add_arguments(ivr_p)
-    ivr_p.set_defaults(func=ivr.run)
-
-    sim = sub.add_parser("simulate", help="place simulated Knowlarity calls")
-    simulator.add_arguments(sim)
-    sim.set_defaults(func=simulator.run)
-
-    from gateway.audit import command as audit
-
-    audit_p = sub.add_parser("audit", help="rebuild a call from the bus: stereo WAV, timeline, "
-                                           "summary, HTML page; or --list the calls")
-    audit.add_arguments(audit_p)
-    audit_p.set_defaults(func=audit.run)
-
-    replay_p = sub.add_parser("replay", help="place a recorded call again, from the bus")
-    replay.add_arguments(replay_p)
-    replay_p.set_defaults(func=replay.run)
-
-    dev_p = sub.add_parser("dev", help="local Kafka + gateway + echo bot, in the foreground")
-    dev.add_arguments(dev_p)
-    dev_p.set_defaults(func=dev.run)
-
+    _command(bots, "echo", "greets, echoes the caller, hangs up on silence", echo)
+    _command(bots, "ivr", "plays a prompt, takes barge-in, records the answer, transfers or "
+                          "hangs up", ivr)
+    _command(sub, "simulate", "place simulated Knowlarity calls", simulator)
+    _command(sub, "audit", "rebuild a call from the bus: stereo WAV, timeline, summary, HTML "
+                           "page; or --list the calls", audit)
+    _command(sub, "replay", "place a recorded call again, from the bus", replay)
+    _command(sub, "dev", "local Kafka + gateway + echo bot, in the foreground", dev)
     _add_bench(sub)
     return parser
+
+
+def _command(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_: str,
+             module: ModuleType) -> None:
+    """A subcommand whose module has ``add_arguments(parser)`` and ``run(args)``."""
+    p = sub.add_parser(name, help=help_)
+    module.add_arguments(p)
+    p.set_defaults(func=module.run)
 
 
 BENCH_MISSING = ("knowlarity-gateway bench: the benchmark tooling is not installed (it is not"
