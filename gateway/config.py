@@ -171,6 +171,9 @@ _DECLARED: tuple[Setting, ...] = (
     Setting("max_transfer_params", "KGW_MAX_TRANSFER_PARAMS", None,
             "most parameters in one transfer command", positive(int),
             path="call.commands.max_transfer_params"),
+    Setting("max_play_ahead_ms", "KGW_MAX_PLAY_AHEAD_MS", None,
+            "furthest a play may be timed (at_caller_ms) beyond the caller's stream so far",
+            positive(int), path="call.commands.max_play_ahead_ms"),
     Setting("buffer_bytes", "KGW_BUFFER_BYTES", None,
             "records held while Kafka is unreachable (or in flight); beyond, oldest dropped and "
             "reported", positive(int)),

@@ -150,6 +150,7 @@ def command_to_proto(cmd: m.Command) -> command_pb2.Command:
         out.play.pcm = body.pcm
         out.play.sample_rate = body.sample_rate
         out.play.uninterruptible = body.uninterruptible
+        out.play.at_caller_ms = body.at_caller_ms
     elif isinstance(body, m.ClearAudio):
         out.clear.SetInParent()
     elif isinstance(body, m.Mark):
@@ -192,7 +193,8 @@ def decode_command(data: bytes, limits: CommandLimits | None = None) -> m.Comman
     body: m.CommandBody
     if kind == "play":
         body = m.PlayAudio(pcm=pb.play.pcm, sample_rate=pb.play.sample_rate,
-                           uninterruptible=pb.play.uninterruptible)
+                           uninterruptible=pb.play.uninterruptible,
+                           at_caller_ms=pb.play.at_caller_ms)
     elif kind == "clear":
         body = m.ClearAudio()
     elif kind == "mark":

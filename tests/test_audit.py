@@ -197,8 +197,8 @@ ECHO_DELAY_MS = 800
 async def test_a_real_call_is_rebuilt_from_the_bus(
         kafka_bootstrap: str, topic_prefix: str, tmp_path: Path) -> None:
     """A call through a node and the echo bot: the left channel is the caller's PCM bit for
-    bit, the right is what the caller heard, the echo sits the bot's delay (and the
-    bus's round trip) after the caller's audio, the turns are the node's own, and the JSON
+    bit, the right is what the caller heard, the echo sits the bot's delay (within 20 ms)
+    after the caller's audio, the turns are the node's own, and the JSON
     is the timeline the PNG was drawn from."""
     sent = known_audio(1.6, seed=7)
     wav_in = tmp_path / "in.wav"
@@ -223,12 +223,10 @@ async def test_a_real_call_is_rebuilt_from_the_bus(
     greeting = len(heard) // 2 - len(sent) // 2
     (echo,) = [c for c in t.clips if c.media_position_samples == greeting]
     echo_ms = (echo.start - t.caller_offset) / RATE * 1000
-    # Never early: the bot holds each chunk its delay from when it read it. Late by the
-    # bus: the chunk's way to the bot, the command's way back (the greeting, sent on
-    # reading started, shows that round trip in this very call), and the bot's wait for
-    # each command's delivery; 100 ms bounds that on the test broker.
-    round_trip_ms = (t.clips[0].sent_s - t.start["at_s"]) * 1000
-    assert ECHO_DELAY_MS - 20 <= echo_ms <= ECHO_DELAY_MS + round_trip_ms + 100
+    # The bot holds each chunk its delay from when the node received it, so what is left
+    # is the command's way back through the bus; the issue allows 20 ms.
+    print(f"echo placed {echo_ms - ECHO_DELAY_MS:+.1f} ms from the bot's delay")
+    assert echo_ms == pytest.approx(ECHO_DELAY_MS, abs=20)
     # The provider's queue: no clip starts before the one ahead of it in the bot's stream
     # has played, so every echoed chunk keeps at least its distance from the first.
     for c in t.clips[t.clips.index(echo):]:

@@ -1073,3 +1073,31 @@ def test_audio_behind_a_hang_up_is_reported_dropped_not_lost():
                   and e.record.body.kind is m.PlaybackKind.AUDIO_DROPPED)
     assert sent + dropped == 1600 + 16000
     assert sent == 1600
+
+
+def test_a_timed_play_leaves_when_the_caller_s_stream_reaches_its_point():
+    """``at_caller_ms`` counts from where the caller's sample 0 fell, pinned by the least
+    delayed frame (a late frame does not move it); the play is sent at that point."""
+    call = _started(CallSettings(playout=PlayoutSettings(paced=True, lead_ms=300)))
+    call.on_binary(_pcm(320), T0 + 0.030)  # sample 0 at T0 + 30 ms ...
+    call.on_binary(_pcm(320), T0 + 0.045)  # ... then at T0 + 25 ms by this frame
+    call.on_binary(_pcm(320), T0 + 0.200)  # late: does not move it
+    clock = Clock(call, T0 + 0.2)
+    effects = clock.apply(call.on_command(_cmd(m.PlayAudio(_pcm(320), 16000,
+                                                           at_caller_ms=500)), T0 + 0.2))
+    assert _played(effects, 16000) == []
+    clock.run_until(T0 + 2)
+    assert clock.times_of(m.SendText) == pytest.approx([T0 + 0.525])
+
+
+def test_a_play_timed_too_far_beyond_the_caller_s_stream_is_rejected():
+    """A time more than ``max_play_ahead_ms`` beyond what the caller has sent is refused with
+    a reason naming the bound; one within it is queued."""
+    settings = CallSettings(commands=replace(CallSettings().commands, max_play_ahead_ms=1000))
+    call = _started(settings)
+    call.on_binary(_pcm(3200), T0 + 0.2)  # 200 ms of caller audio
+    effects = call.on_command(_cmd(m.PlayAudio(_pcm(320), 16000, at_caller_ms=1201)), T0 + 0.2)
+    (rejected,) = _bodies(effects, m.CommandRejected)
+    assert "1001 ms beyond the caller's stream (at most 1000)" in rejected.reason
+    effects = call.on_command(_cmd(m.PlayAudio(_pcm(320), 16000, at_caller_ms=1200)), T0 + 0.2)
+    assert _bodies(effects, m.CommandRejected) == []

@@ -10,7 +10,14 @@ import sys
 import numpy as np
 import pytest
 
-from gateway.bot.echo_logic import EchoCall, EchoPolicy, PolicyError, chime, rms
+from gateway.bot.echo_logic import (
+    SEND_AHEAD_S,
+    EchoCall,
+    EchoPolicy,
+    PolicyError,
+    chime,
+    rms,
+)
 from gateway.core import model as m
 
 CALL = "call-1"
@@ -107,6 +114,17 @@ def test_echo_waits_for_the_delay_on_the_fake_clock() -> None:
     assert sends(calls.tick(1.299)) == []
     assert kinds(calls.tick(1.3)) == ["PlayAudio"]
     assert calls.next_due() is None
+
+
+def test_the_delay_counts_from_the_node_and_the_echo_is_timed_to_the_caller() -> None:
+    """A chunk the node received at t=0.95 (read at 1.0) that starts 2 s into the caller's
+    stream is sent ``SEND_AHEAD_S`` before 0.95 + 0.8 s, timed to start at 2.8 s."""
+    call = EchoCall(call_id=CALL, reply_topic=REPLY, sample_rate=RATE,
+                    policy=EchoPolicy(echo_delay_ms=800), started_at=0.0)
+    assert call.on_audio(SPEECH, RATE, 1.0, heard_at=0.95, start_ms=2000) == []
+    assert call.next_due() == pytest.approx(1.75 - SEND_AHEAD_S)
+    (cmd,) = call.tick(1.75 - SEND_AHEAD_S)
+    assert cmd.body == m.PlayAudio(pcm=SPEECH, sample_rate=RATE, at_caller_ms=2800)
 
 
 def test_echoes_keep_the_caller_order() -> None:

@@ -352,3 +352,46 @@ def test_only_one_hang_up_or_transfer_waits_at_a_time():
     assert p.enqueue_marker(Mark("still fine")) is None
     p.clear(T)
     assert p.enqueue_marker(Transfer((("parameter1", "default"),))) is None
+
+
+def test_timed_audio_waits_for_its_time_and_holds_what_is_behind_it():
+    """Audio queued ``not_before`` a time leaves at that time, paced or not; a marker and
+    audio queued behind it wait with it, and untimed audio ahead is not joined to it."""
+    for settings in (PlayoutSettings(lead_ms=300, clip_ms=200), PlayoutSettings(paced=False)):
+        p = Playout(settings, RATE)
+        ahead, timed, behind = _pcm(20, 1), _pcm(100, 2), _pcm(20, 3)
+        p.enqueue_audio(ahead)
+        p.enqueue_audio(timed, not_before=T + 0.5)
+        p.enqueue_marker(Mark("m"))
+        p.enqueue_audio(behind)
+        assert p.pump(T) == ([ReleasedAudio(ahead, 0)], pytest.approx(0.5))
+        assert p.pump(T + 0.4999) == ([], pytest.approx(0.0001))
+        released, _ = p.pump(T + 0.5)
+        rest = [ReleasedMarker(Mark("m"), heard_samples=1920), ReleasedAudio(behind, 1920)]
+        if settings.paced:  # the marker waits for the timed audio to play out
+            assert released == [ReleasedAudio(timed, 320)]
+            assert p.pump(T + 0.6) == (rest, None)
+        else:  # unpaced, sent counts as played
+            assert released == [ReleasedAudio(timed, 320), *rest]
+
+
+def test_timed_audio_already_due_or_behind_playing_audio_keeps_the_queue_order():
+    """A time already past changes nothing; a time before the audio ahead has played lets
+    the queue's own pacing decide (the clip queues behind it, it never jumps ahead)."""
+    p = Playout(PlayoutSettings(lead_ms=0, clip_ms=200), RATE)
+    first, timed = _pcm(200, 1), _pcm(200, 2)
+    p.enqueue_audio(first)
+    p.enqueue_audio(timed, not_before=T + 0.1)
+    assert p.pump(T) == ([ReleasedAudio(first, 0)], pytest.approx(0.2))
+    assert p.pump(T + 0.2) == ([ReleasedAudio(timed, 3200)], None)
+
+
+def test_clear_discards_timed_audio_not_yet_sent():
+    """A clear drops interruptible timed audio like any other, and returns its bytes."""
+    budget = AudioBudget(1 << 20)
+    p = Playout(PlayoutSettings(), RATE, budget)
+    p.enqueue_audio(_pcm(100), not_before=T + 5)
+    cleared = p.clear(T)
+    assert cleared.dropped_samples == 1600
+    assert p.pump(T + 6) == ([], None)
+    assert (p.held_bytes, budget.used) == (0, 0)

@@ -190,6 +190,7 @@ COMMANDS = [
     m.PlayAudio(pcm=b"\x01\x02" * 100, sample_rate=8000),
     m.PlayAudio(pcm=b"", sample_rate=48000),
     m.PlayAudio(pcm=b"\x01\x02", sample_rate=16000, uninterruptible=True),
+    m.PlayAudio(pcm=b"\x01\x02", sample_rate=16000, at_caller_ms=90_061_250),
     m.ClearAudio(),
     m.PauseCapture(),
     m.ResumeCapture(),

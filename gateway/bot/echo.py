@@ -1,7 +1,8 @@
 """The echo bot, on the SDK: ``knowlarity-gateway bot echo``.
 
-Per call: greet with a chime and a mark, play each caller chunk back after
-the echo delay, hang up after a stretch of silence (media time) or a
+Per call: greet with a chime and a mark, play each caller chunk back the echo
+delay after the node received it (timed to the caller's stream, so the bus's
+latency does not add to it), hang up after a stretch of silence (media time) or a
 too-long call (wall time). ``EchoCall`` (``echo_logic``) decides; this module
 only runs it for each call the SDK hands over and turns its commands into the
 call's methods. A call taken over mid-way (``joined_late``) is not greeted
@@ -60,7 +61,7 @@ class EchoBotSettings:
 ECHO_BOT_SETTINGS: tuple[Setting, ...] = with_defaults((
     *nested(sdk.BOT_SETTINGS, "bot"),
     Setting("echo_delay_ms", "KGW_BOT_ECHO_DELAY_MS", None,
-            "play each caller chunk back this long after the bot received it", int,
+            "play each caller chunk back this long after the node received it", int,
             path="policy.echo_delay_ms"),
     Setting("silence_dbfs", "KGW_BOT_SILENCE_DBFS", None,
             "caller audio below this RMS level counts as silence", float,
@@ -111,7 +112,9 @@ async def echo_call(call: sdk.Call, policy: EchoPolicy) -> None:
                 except StopAsyncIteration:
                     return  # the call ended
                 pending = None
-                commands = logic.on_audio(chunk.pcm, chunk.sample_rate, loop.time())
+                now = loop.time()
+                commands = logic.on_audio(chunk.pcm, chunk.sample_rate, now,
+                                          _heard_at(chunk, now), chunk.start_ms)
             else:
                 commands = logic.tick(loop.time())
             await _execute(call, commands)
@@ -124,6 +127,17 @@ async def echo_call(call: sdk.Call, policy: EchoPolicy) -> None:
              extra={"call_id": call.call_id})
 
 
+def _heard_at(chunk: sdk.Audio, now: float) -> float | None:
+    """When the node received ``chunk``, on the loop's clock; None when the record has no time.
+
+    The node's epoch clock and ours are taken to agree (NTP keeps hosts within a few
+    ms); a chunk stamped in our future counts as heard now.
+    """
+    if chunk.received_at <= 0:
+        return None
+    return now - max(0.0, time.time() - chunk.received_at)
+
+
 def _earliest(*times: float | None) -> float | None:
     return min((t for t in times if t is not None), default=None)
 
@@ -132,7 +146,7 @@ async def _execute(call: sdk.Call, commands: list[m.Command]) -> None:
     for c in commands:
         body = c.body
         if isinstance(body, m.PlayAudio):
-            await call.play(body.pcm, body.sample_rate)
+            await call.play(body.pcm, body.sample_rate, at_caller_ms=body.at_caller_ms)
         elif isinstance(body, m.Mark):
             await call.send_mark(body.name)  # nothing waits on the greeting's mark
         elif isinstance(body, m.HangUp):

@@ -1,7 +1,9 @@
 """What the echo bot decides for one call, with no I/O: audio and the time in, commands out.
 
-``EchoCall`` greets, holds each caller chunk until its due time (the time the
-bot received it plus the echo delay), then plays it back byte for byte, and
+``EchoCall`` greets, holds each caller chunk until shortly before its due time
+(the time the node received it plus the echo delay), then plays it back byte
+for byte, timed to the caller's stream (``at_caller_ms``) so the node starts it
+the delay after the caller spoke it whatever the bus's latency, and
 decides to hang up on silence or on a too-long call. Times are seconds from
 one monotonic clock the caller chooses (the event loop's); nothing here reads
 a clock. ``gateway.bot.echo`` runs one per call on the SDK, which routes
@@ -27,6 +29,9 @@ _CHIME_TONE_S = 0.150
 _CHIME_FADE_S = 0.010
 _CHIME_AMPLITUDE = 0.3  # of full scale, about -13 dBFS RMS
 _FULL_SCALE = 32768.0
+# A held chunk is sent this long before it is due, timed for the node to start it
+# on the dot: the bus's way to the node, tens of ms, with room.
+SEND_AHEAD_S = 0.25
 
 
 class PolicyError(ValueError):
@@ -114,6 +119,7 @@ class _Held:
     pcm: bytes
     sample_rate: int
     index: int
+    at_caller_ms: int
 
 
 @dataclass
@@ -139,13 +145,28 @@ class EchoCall:
             self._cmd(m.Mark(name=GREETING_MARK), GREETING_MARK),
         ]
 
-    def on_audio(self, pcm: bytes, sample_rate: int, now: float) -> list[m.Command]:
-        """Hold a caller chunk for echo and update the silence count (in media time)."""
+    def on_audio(self, pcm: bytes, sample_rate: int, now: float,
+                 heard_at: float | None = None, start_ms: int | None = None
+                 ) -> list[m.Command]:
+        """Hold a caller chunk for echo and update the silence count (in media time).
+
+        ``heard_at`` is when the node received the chunk, on the same clock as ``now``
+        (``now`` when unknown): the delay counts from there, so the caller hears the echo
+        the delay after speaking, not the delay plus the chunk's way to the bot.
+        ``start_ms`` is where the chunk starts in the caller's stream: the echo is sent
+        ``SEND_AHEAD_S`` early, timed to start there plus the delay.
+        """
         self.last_seen = now
         if self.hangup_reason is not None:
             return self.tick(now)
         rate = sample_rate if sample_rate > 0 else self.sample_rate
-        self._held.append(_Held(now + self.policy.echo_delay_s, pcm, rate, self._chunks))
+        start = now if heard_at is None else min(now, heard_at)
+        due = start + self.policy.echo_delay_s
+        at_ms = 0
+        if start_ms is not None:
+            due -= SEND_AHEAD_S
+            at_ms = start_ms + self.policy.echo_delay_ms
+        self._held.append(_Held(due, pcm, rate, self._chunks, at_ms))
         self._chunks += 1
         self._count_silence(pcm, rate)
         return self.tick(now)
@@ -165,7 +186,8 @@ class EchoCall:
         out: list[m.Command] = []
         while self._held and self._held[0].due <= until:
             h = self._held.popleft()
-            out.append(self._cmd(m.PlayAudio(pcm=h.pcm, sample_rate=h.sample_rate),
+            out.append(self._cmd(m.PlayAudio(pcm=h.pcm, sample_rate=h.sample_rate,
+                                             at_caller_ms=h.at_caller_ms),
                                  f"echo-{h.index}"))
         if self.hangup_reason is not None and not self._held and not self.hung_up:
             self.hung_up = True

@@ -106,6 +106,9 @@ class Call:
         self._record_seq = 0
         self._audio_seq = 0
         self._media_samples = 0  # caller audio received
+        # When the caller's sample 0 fell on our clock, pinned by the least delayed
+        # frame; None before the first. Plays timed ``at_caller_ms`` count from it.
+        self._media_origin: float | None = None
         # Media position of the next CallerAudio: samples published and withheld (the
         # rest of what was received is held for aggregation).
         self._position = 0
@@ -164,6 +167,9 @@ class Call:
                 effects = self._hold_audio(pcm, now)
             else:
                 effects = [self._audio_record(pcm, now, now)]
+            origin = now - self._media_samples / self.sample_rate
+            if self._media_origin is None or origin < self._media_origin:
+                self._media_origin = origin
             self._media_samples += len(pcm) // BYTES_PER_SAMPLE
             if self._turns is not None:
                 latency = self._turns.caller_audio(pcm, now)
@@ -284,7 +290,11 @@ class Call:
             return self._pause_or_resume(cmd, body, now)
         playout = self._playout
         if isinstance(body, m.PlayAudio):
-            why = playout.enqueue_audio(body.pcm, body.sample_rate, body.uninterruptible)
+            not_before, why = self._timed(body)
+            if why:
+                return [self._rejected(cmd, why, now)]
+            why = playout.enqueue_audio(body.pcm, body.sample_rate, body.uninterruptible,
+                                        not_before)
             if why:
                 return [self._rejected(cmd, f"{why}: {len(body.pcm)} bytes at "
                                             f"{body.sample_rate} Hz refused", now)]
@@ -301,6 +311,19 @@ class Call:
         else:  # pragma: no cover - the union is exhaustive
             raise UsageError(f"unknown command {body!r}")
         return effects + self._pump(now)
+
+    def _timed(self, body: m.PlayAudio) -> tuple[float, str | None]:
+        """When a play timed ``at_caller_ms`` may be sent, or why it is refused."""
+        if not body.at_caller_ms:
+            return 0.0, None
+        heard_ms = self._media_samples * 1000 // self.sample_rate
+        ahead = body.at_caller_ms - heard_ms
+        limit = self._s.commands.max_play_ahead_ms
+        if ahead > limit:
+            return 0.0, (f"play timed at caller ms {body.at_caller_ms} is {ahead} ms beyond the "
+                         f"caller's stream (at most {limit})")
+        origin = self._started_at if self._media_origin is None else self._media_origin
+        return origin + body.at_caller_ms / 1000, None
 
     def _rejected(self, cmd: m.Command, reason: str, now: float) -> m.Publish:
         return self._record(now, m.CommandRejected(cmd.command_id, reason))

@@ -36,6 +36,8 @@ class CommandLimits:
     # Longest mark name, transfer key or value, and command id.
     max_name_chars: int = 128
     max_transfer_params: int = 16
+    # Furthest a play may be timed (``at_caller_ms``) beyond the caller's stream so far.
+    max_play_ahead_ms: int = 60_000
 
 
 def check(body: m.CommandBody, limits: CommandLimits) -> str | None:

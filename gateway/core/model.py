@@ -161,6 +161,9 @@ class PlayAudio:
     sample_rate: int
     # Kept through a clear and played in full.
     uninterruptible: bool = False
+    # Not sent before the caller's stream reached this point (ms from its first
+    # sample); 0: as soon as the queue allows.
+    at_caller_ms: int = 0
 
 
 @dataclass(frozen=True)

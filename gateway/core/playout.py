@@ -81,14 +81,16 @@ class _Audio:
     """One play command's audio, converted to the call's rate piece by piece as it is
     released: resampling a whole command at once could hold the reactor for tens of ms."""
 
-    __slots__ = ("converter", "_out", "_at", "reserved", "uninterruptible")
+    __slots__ = ("converter", "_out", "_at", "reserved", "uninterruptible", "not_before")
 
-    def __init__(self, converter: Converter, reserved: int, uninterruptible: bool) -> None:
+    def __init__(self, converter: Converter, reserved: int, uninterruptible: bool,
+                 not_before: float = 0.0) -> None:
         self.converter = converter
         self._out = b""  # converted, released from ``_at`` on
         self._at = 0
         self.reserved = reserved
         self.uninterruptible = uninterruptible
+        self.not_before = not_before  # ``now`` before which none of it is sent
 
     @property
     def pending_out(self) -> int:
@@ -217,10 +219,11 @@ class Playout:
             isinstance(item, _Audio) and item.uninterruptible for item in self._queue)
 
     def enqueue_audio(self, pcm: bytes, rate: int | None = None,
-                      uninterruptible: bool = False) -> str | None:
+                      uninterruptible: bool = False, not_before: float = 0.0) -> str | None:
         """Queue sample-aligned PCM at ``rate`` (default: the call's); None, or why it was
         refused whole. The size after conversion is computed from the length and the two
-        rates, before any work. Uninterruptible audio survives a clear."""
+        rates, before any work. Uninterruptible audio survives a clear. None of it is
+        released before ``not_before`` (a ``now``), and nothing queued behind it either."""
         rate = rate or self._rate
         if not pcm:
             return None
@@ -229,7 +232,8 @@ class Playout:
             return QUEUE_FULL
         if not self._budget.reserve(need):
             return BUDGET_EXHAUSTED
-        self._queue.append(_Audio(Converter(pcm, rate, self._rate), need, uninterruptible))
+        self._queue.append(_Audio(Converter(pcm, rate, self._rate), need, uninterruptible,
+                                  not_before))
         self._held_bytes += need
         return None
 
@@ -329,8 +333,10 @@ class Playout:
             if isinstance(head, _Audio):
                 # One expression for the test and the delay: computed two ways, float
                 # rounding could say "not yet" and then "wait 0s" forever.
-                due = self._play_end - self._lead
-                if self._s.paced and now < due:
+                due = self._play_end - self._lead if self._s.paced else head.not_before
+                if head.not_before > due:
+                    due = head.not_before  # timed by the bot: paced or not
+                if now < due:
                     return out, due - now
                 if clips >= MAX_CLIPS_PER_PUMP:
                     return out, 0.0
@@ -362,7 +368,8 @@ class Playout:
         # change of kind (a clip is wholly uninterruptible or not).
         while q and size < limit:
             item = q[0]
-            if not isinstance(item, _Audio) or item.uninterruptible != uninterruptible:
+            if not isinstance(item, _Audio) or item.uninterruptible != uninterruptible \
+                    or item.not_before > now:
                 break
             chunk = item.take(limit - size)
             self._account(item, len(chunk))

@@ -290,6 +290,12 @@ LIMITS: tuple[Limit, ...] = (
     Limit("max_transfer_params",
           "command_rejected",
           "the documented transfer carries one parameter (parameter1=default); 16 is plenty"),
+    Limit("max_play_ahead_ms",
+          "command_rejected",
+          "a timed play waits in the queue and holds what is behind it; a bot times audio "
+          "the bus's latency ahead (tens of ms), an echo test its delay. 60 s bounds how long "
+          "a careless time stalls a call's playout; its bytes count against the call's "
+          "playout bound like any audio"),
     Limit("max_command_age_s",
           "command_rejected (stale), counted in kgw_commands_stale",
           "bots answer within a second; 30 s covers clock skew between hosts and a short "

@@ -63,6 +63,16 @@ class Audio:
     def duration_s(self) -> float:
         return len(self.pcm) // 2 / self.sample_rate
 
+    @property
+    def start_ms(self) -> int:
+        """Where the chunk starts in the caller's stream, in ms (for ``play(at_caller_ms=)``)."""
+        return self.position * 1000 // self.sample_rate
+
+    @property
+    def end_ms(self) -> int:
+        """Where the chunk ends in the caller's stream, in ms."""
+        return (self.position + len(self.pcm) // 2) * 1000 // self.sample_rate
+
 
 class MarkOutcome(enum.Enum):
     REACHED = "reached"  # every audio before it was played out
@@ -214,12 +224,16 @@ class Call:
     # --- what the bot sends ---------------------------------------------------
 
     async def play(self, pcm: bytes | np.ndarray, sample_rate: int, *,
-                   interruptible: bool = True) -> None:
+                   interruptible: bool = True, at_caller_ms: int = 0) -> None:
         """Queue audio for the caller (any supported rate; the node converts it).
-        ``interruptible=False``: a ``clear`` does not cut it (disclosures)."""
+        ``interruptible=False``: a ``clear`` does not cut it (disclosures).
+        ``at_caller_ms``: the node sends it no earlier than when the caller's stream
+        reached that point (``Audio.end_ms`` of a chunk, plus a delay): the timing holds
+        whatever the bus's latency, if the command is sent that much ahead."""
         data = pcm.astype("<i2").tobytes() if isinstance(pcm, np.ndarray) else bytes(pcm)
         await self._command(m.PlayAudio(pcm=data, sample_rate=sample_rate,
-                                        uninterruptible=not interruptible))
+                                        uninterruptible=not interruptible,
+                                        at_caller_ms=at_caller_ms))
 
     async def play_wav(self, source: str | Path | bytes, *, interruptible: bool = True) -> None:
         """Play a mono 16-bit PCM WAV file (a path, or its bytes) at its own rate."""

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#knowlarity/gateway/v1/command.proto\x12\x15knowlarity.gateway.v1\"\xc4\x03\n\x07\x43ommand\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\x14\n\x0csent_unix_us\x18\x03 \x01(\x03\x12\x30\n\x04play\x18\n \x01(\x0b\x32 .knowlarity.gateway.v1.PlayAudioH\x00\x12\x32\n\x05\x63lear\x18\x0b \x01(\x0b\x32!.knowlarity.gateway.v1.ClearAudioH\x00\x12+\n\x04mark\x18\x0c \x01(\x0b\x32\x1b.knowlarity.gateway.v1.MarkH\x00\x12\x30\n\x07hang_up\x18\r \x01(\x0b\x32\x1d.knowlarity.gateway.v1.HangUpH\x00\x12\x33\n\x08transfer\x18\x0e \x01(\x0b\x32\x1f.knowlarity.gateway.v1.TransferH\x00\x12<\n\rpause_capture\x18\x0f \x01(\x0b\x32#.knowlarity.gateway.v1.PauseCaptureH\x00\x12>\n\x0eresume_capture\x18\x10 \x01(\x0b\x32$.knowlarity.gateway.v1.ResumeCaptureH\x00\x42\x06\n\x04\x62ody\"F\n\tPlayAudio\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x17\n\x0funinterruptible\x18\x03 \x01(\x08\"\x0c\n\nClearAudio\"\x14\n\x04Mark\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x08\n\x06HangUp\"H\n\x08Transfer\x12<\n\nparameters\x18\x01 \x03(\x0b\x32(.knowlarity.gateway.v1.TransferParameter\"/\n\x11TransferParameter\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x0e\n\x0cPauseCapture\"\x0f\n\rResumeCaptureb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#knowlarity/gateway/v1/command.proto\x12\x15knowlarity.gateway.v1\"\xc4\x03\n\x07\x43ommand\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x12\n\ncommand_id\x18\x02 \x01(\t\x12\x14\n\x0csent_unix_us\x18\x03 \x01(\x03\x12\x30\n\x04play\x18\n \x01(\x0b\x32 .knowlarity.gateway.v1.PlayAudioH\x00\x12\x32\n\x05\x63lear\x18\x0b \x01(\x0b\x32!.knowlarity.gateway.v1.ClearAudioH\x00\x12+\n\x04mark\x18\x0c \x01(\x0b\x32\x1b.knowlarity.gateway.v1.MarkH\x00\x12\x30\n\x07hang_up\x18\r \x01(\x0b\x32\x1d.knowlarity.gateway.v1.HangUpH\x00\x12\x33\n\x08transfer\x18\x0e \x01(\x0b\x32\x1f.knowlarity.gateway.v1.TransferH\x00\x12<\n\rpause_capture\x18\x0f \x01(\x0b\x32#.knowlarity.gateway.v1.PauseCaptureH\x00\x12>\n\x0eresume_capture\x18\x10 \x01(\x0b\x32$.knowlarity.gateway.v1.ResumeCaptureH\x00\x42\x06\n\x04\x62ody\"\\\n\tPlayAudio\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x17\n\x0funinterruptible\x18\x03 \x01(\x08\x12\x14\n\x0c\x61t_caller_ms\x18\x04 \x01(\x04\"\x0c\n\nClearAudio\"\x14\n\x04Mark\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x08\n\x06HangUp\"H\n\x08Transfer\x12<\n\nparameters\x18\x01 \x03(\x0b\x32(.knowlarity.gateway.v1.TransferParameter\"/\n\x11TransferParameter\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\x0e\n\x0cPauseCapture\"\x0f\n\rResumeCaptureb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,19 +34,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_COMMAND']._serialized_start=63
   _globals['_COMMAND']._serialized_end=515
   _globals['_PLAYAUDIO']._serialized_start=517
-  _globals['_PLAYAUDIO']._serialized_end=587
-  _globals['_CLEARAUDIO']._serialized_start=589
-  _globals['_CLEARAUDIO']._serialized_end=601
-  _globals['_MARK']._serialized_start=603
-  _globals['_MARK']._serialized_end=623
-  _globals['_HANGUP']._serialized_start=625
-  _globals['_HANGUP']._serialized_end=633
-  _globals['_TRANSFER']._serialized_start=635
-  _globals['_TRANSFER']._serialized_end=707
-  _globals['_TRANSFERPARAMETER']._serialized_start=709
-  _globals['_TRANSFERPARAMETER']._serialized_end=756
-  _globals['_PAUSECAPTURE']._serialized_start=758
-  _globals['_PAUSECAPTURE']._serialized_end=772
-  _globals['_RESUMECAPTURE']._serialized_start=774
-  _globals['_RESUMECAPTURE']._serialized_end=789
+  _globals['_PLAYAUDIO']._serialized_end=609
+  _globals['_CLEARAUDIO']._serialized_start=611
+  _globals['_CLEARAUDIO']._serialized_end=623
+  _globals['_MARK']._serialized_start=625
+  _globals['_MARK']._serialized_end=645
+  _globals['_HANGUP']._serialized_start=647
+  _globals['_HANGUP']._serialized_end=655
+  _globals['_TRANSFER']._serialized_start=657
+  _globals['_TRANSFER']._serialized_end=729
+  _globals['_TRANSFERPARAMETER']._serialized_start=731
+  _globals['_TRANSFERPARAMETER']._serialized_end=778
+  _globals['_PAUSECAPTURE']._serialized_start=780
+  _globals['_PAUSECAPTURE']._serialized_end=794
+  _globals['_RESUMECAPTURE']._serialized_start=796
+  _globals['_RESUMECAPTURE']._serialized_end=811
 # @@protoc_insertion_point(module_scope)

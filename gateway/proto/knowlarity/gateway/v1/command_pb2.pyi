@@ -31,14 +31,16 @@ class Command(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., command_id: _Optional[str] = ..., sent_unix_us: _Optional[int] = ..., play: _Optional[_Union[PlayAudio, _Mapping]] = ..., clear: _Optional[_Union[ClearAudio, _Mapping]] = ..., mark: _Optional[_Union[Mark, _Mapping]] = ..., hang_up: _Optional[_Union[HangUp, _Mapping]] = ..., transfer: _Optional[_Union[Transfer, _Mapping]] = ..., pause_capture: _Optional[_Union[PauseCapture, _Mapping]] = ..., resume_capture: _Optional[_Union[ResumeCapture, _Mapping]] = ...) -> None: ...
 
 class PlayAudio(_message.Message):
-    __slots__ = ("pcm", "sample_rate", "uninterruptible")
+    __slots__ = ("pcm", "sample_rate", "uninterruptible", "at_caller_ms")
     PCM_FIELD_NUMBER: _ClassVar[int]
     SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
     UNINTERRUPTIBLE_FIELD_NUMBER: _ClassVar[int]
+    AT_CALLER_MS_FIELD_NUMBER: _ClassVar[int]
     pcm: bytes
     sample_rate: int
     uninterruptible: bool
-    def __init__(self, pcm: _Optional[bytes] = ..., sample_rate: _Optional[int] = ..., uninterruptible: _Optional[bool] = ...) -> None: ...
+    at_caller_ms: int
+    def __init__(self, pcm: _Optional[bytes] = ..., sample_rate: _Optional[int] = ..., uninterruptible: _Optional[bool] = ..., at_caller_ms: _Optional[int] = ...) -> None: ...
 
 class ClearAudio(_message.Message):
     __slots__ = ()
