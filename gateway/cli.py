@@ -7,6 +7,7 @@ import asyncio
 import sys
 from collections.abc import Sequence
 from types import ModuleType
+from typing import Any
 
 from gateway.settings import Setting, SettingError
 
@@ -29,19 +30,24 @@ def _serve(args: argparse.Namespace) -> int:
 
     from gateway.bridge import as_deferred
     from gateway.clock import LoopClock
+    from gateway.kafka_access import AccessError, describe
     from gateway.node import Node
     from gateway.ops.logs import start_logging
 
     start_logging(config.log_format, config.log_level, node_id=config.node_id)
     log = Logger()
+    log.info("Kafka at {kafka}: {access}", kafka=config.kafka, access=describe(config.kafka_access))
     # One monotonic clock for the calls' timers and Autobahn's handshake timers.
     clock = LoopClock(asyncio.get_event_loop())
     node = Node(config, reactor, clock=clock, handshake_clock=clock)
     status = {"code": 0}
     started: list[asyncio.Future[None]] = []
 
-    def failed(f: object) -> None:
-        log.failure("node failed to start", failure=f)
+    def failed(f: Any) -> None:
+        if f.check(AccessError):  # wrong credentials or TLS: say so, no traceback
+            log.error("node failed to start: {why}", why=f.getErrorMessage())
+        else:
+            log.failure("node failed to start", failure=f)
         status["code"] = 1
         reactor.stop()
 

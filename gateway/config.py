@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from gateway import topics
 from gateway.core.call import CallSettings
 from gateway.core.knowlarity import AudioContentType, largest_play_frame_bytes
+from gateway.kafka_access import ACCESS_SETTINGS, AccessError, KafkaAccess, client_options
 from gateway.settings import (
     DEFAULT_KAFKA,
     DEFAULT_TOPIC_PREFIX,
@@ -27,6 +28,7 @@ from gateway.settings import (
     boolean,
     build,
     choice,
+    nested,
     non_negative,
     positive,
     resolve,
@@ -70,6 +72,7 @@ _DECLARED: tuple[Setting, ...] = (
     Setting("listen", "KGW_LISTEN", None,
             "Twisted endpoint the provider connects to (e.g. tcp:8080, ssl:8443:privateKey=...)"),
     KAFKA,
+    *nested(ACCESS_SETTINGS, "kafka_access"),
     Setting("node_id", "KGW_NODE_ID", "",
             "this node's id (empty: the host name); names its commands topic, so keep it "
             "stable across restarts",
@@ -213,6 +216,7 @@ _DECLARED: tuple[Setting, ...] = (
 class NodeConfig:
     listen: str = "tcp:8080"
     kafka: str = DEFAULT_KAFKA
+    kafka_access: KafkaAccess = KafkaAccess()
     node_id: str = "node"
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
     paths: tuple[str, ...] = ("/vaani/knowlarity/setup-call-streams", "/knowlarity-stream")
@@ -292,6 +296,10 @@ class NodeConfig:
                 f"--playout-clip-ms {p.clip_ms} makes playAudio frames of up to {largest} bytes "
                 f"(at 48 kHz), more than --max-write-buffer-bytes {self.max_write_buffer_bytes}: "
                 "every clip would close the socket; lower the one or raise the other")
+        try:
+            client_options(self.kafka_access)  # the files exist and the combination works
+        except AccessError as e:
+            raise SettingError(str(e)) from None
         if self.buffer_call_share_bytes > self.buffer_bytes:
             raise SettingError(
                 f"--buffer-call-share-bytes {self.buffer_call_share_bytes} is more than "

@@ -174,12 +174,19 @@ def from_args(config: Any, table: Sequence[Setting], args: argparse.Namespace | 
     return build(config, resolve(args or argparse.Namespace(), table, env), table)
 
 
-def markdown_table(table: Sequence[Setting]) -> str:
-    """The README's configuration table, generated so it cannot drift."""
+def markdown_table(table: Sequence[Setting], *, shared: Sequence[Setting] = (),
+                   shared_row: str = "") -> str:
+    """The README's configuration table, generated so it cannot drift. Settings named in
+    ``shared`` (tabled once elsewhere) are left out and ``shared_row`` stands for them."""
     rows = ["| flag | environment | default | meaning |", "|---|---|---|---|"]
+    skip = {s.name for s in shared}
     for s in table:
+        if s.name in skip:
+            continue
         shown = f"`{s.default}`" if s.default else "(empty)"  # with_defaults filled in
         rows.append(f"| `{s.flag}` | `{s.env}` | {shown} | {s.help} |")
+    if skip & {s.name for s in table} and shared_row:
+        rows.append(shared_row)
     return "\n".join(rows)
 
 

@@ -234,7 +234,13 @@ def test_every_setting_lands_at_its_path_in_the_config():
     base = _config([], dict(NODE))
     odd = {"audio_content_type": "raw", "paths": "/x", "allow_from": "10.9.0.0/16",
            "kafka": "k:1", "listen": "tcp:1", "topic_prefix": "p", "metrics_listen": "",
-           "auth_token": "t", "log_format": "json", "log_level": "debug"}
+           "auth_token": "t", "log_format": "json", "log_level": "debug",
+           # Kafka access: files are only read for the protocol that uses them.
+           "kafka_security_protocol": "SSL", "kafka_sasl_mechanism": "SCRAM-SHA-256",
+           "kafka_sasl_username": "u", "kafka_sasl_password_file": "/p",
+           "kafka_oauth_token_file": "/t", "kafka_ssl_ca_file": "/ca",
+           "kafka_ssl_cert_file": "/c", "kafka_ssl_key_file": "/k",
+           "kafka_ssl_key_password_file": "/kp"}
     for s in NODE_SETTINGS:
         if s.name in ("node_id", "auth_token_file"):
             continue

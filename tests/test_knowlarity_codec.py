@@ -28,6 +28,7 @@ from gateway.core.knowlarity import (
     encode_start,
     encode_transfer,
     parse_start,
+    start_with_call_id,
 )
 from gateway.core.model import Direction
 
@@ -149,6 +150,28 @@ def test_parse_start_shapes(
     assert start.shape == shape
     assert start.fields["metadata"] == metadata
     assert start.raw == text
+
+
+@pytest.mark.parametrize("name", [row[0] for row in STARTS])
+def test_a_start_message_under_a_new_call_id_keeps_every_other_field(name: str) -> None:
+    """Every observed shape, rewritten for a replay, parses to the same call under the new
+    id (in ``uuid``, or in ``callid`` where that alias named it)."""
+    text = _read(name)
+    before = parse_start(text, fallback_call_id=FALLBACK)
+    after = parse_start(start_with_call_id(text, "c-replay-1"), fallback_call_id=FALLBACK)
+    assert after.call_id == "c-replay-1"
+    assert (after.sample_rate, after.caller, after.callee, after.direction) == (
+        before.sample_rate, before.caller, before.callee, before.direction)
+    assert after.fields["metadata"] == before.fields["metadata"]
+    assert {k: v for k, v in after.fields.items() if k not in ("uuid", "callid")} == {
+        k: v for k, v in before.fields.items() if k not in ("uuid", "callid")}
+
+
+def test_a_start_message_under_a_bad_call_id_or_no_start_is_refused() -> None:
+    with pytest.raises(ProtocolError):
+        start_with_call_id(_read("start_json.txt"), "bad id with spaces")
+    with pytest.raises(ProtocolError):
+        start_with_call_id("[1, 2]", "c-1")
 
 
 @pytest.mark.parametrize("name", [row[0] for row in STARTS])

@@ -16,7 +16,8 @@ from gateway.config import NODE_SETTINGS
 from gateway.core.errors import CloseCode
 from gateway.ops import limits
 from gateway.sdk import BOT_SETTINGS
-from gateway.settings import markdown_table
+from gateway.kafka_access import ACCESS_SETTINGS
+from gateway.settings import Setting, markdown_table
 
 ROOT = Path(__file__).parent.parent
 README_PATH = ROOT / "README.md"
@@ -24,10 +25,25 @@ README = README_PATH.read_text()
 BOTS_DOC_PATH = ROOT / "docs" / "bots.md"
 BOTS_DOC = BOTS_DOC_PATH.read_text()
 
+# Every command that reaches Kafka takes the same access settings: tabled once.
+def _access_row(link: str) -> str:
+    return ("| `--kafka-security-protocol`, `--kafka-sasl-*`, `--kafka-ssl-*`, "
+            "`--kafka-oauth-token-file` | `KGW_KAFKA_*` | | how to reach a secured Kafka: "
+            f"see [Kafka security]({link}) |")
+
+
+def _table(table: tuple[Setting, ...], link: str = "#kafka-security") -> str:
+    return markdown_table(table, shared=ACCESS_SETTINGS, shared_row=_access_row(link))
+
+
+BOTS_DOC_LINK = "../README.md#kafka-security"
+
+
 GENERATED: dict[str, Callable[[], str]] = {
-    "settings-table": lambda: markdown_table(NODE_SETTINGS),
-    **{f"settings-{name.replace(' ', '-')}": (lambda t=table: markdown_table(t))
+    "settings-table": lambda: _table(NODE_SETTINGS),
+    **{f"settings-{name.replace(' ', '-')}": (lambda t=table: _table(t))
        for name, table in command_settings().items() if name != "serve"},
+    "kafka-access-table": lambda: markdown_table(ACCESS_SETTINGS),
     "limits-table": limits.limits_table,
     "fixed-limits-table": limits.fixed_limits_table,
     "memory-table": limits.memory_section,
@@ -47,20 +63,28 @@ def _section(name: str) -> str:
 
 def test_settings_table_matches_the_code() -> None:
     """The README's configuration table is exactly the one generated from the node's settings."""
-    assert _section("settings-table") == markdown_table(NODE_SETTINGS)
+    assert _section("settings-table") == _table(NODE_SETTINGS)
 
 
 def test_the_bot_guide_s_settings_table_matches_the_sdk() -> None:
     m = _pattern("bot-settings").search(BOTS_DOC)
     assert m, "bot-settings markers missing from docs/bots.md"
-    assert m.group(2).removesuffix("\n") == markdown_table(BOT_SETTINGS)
+    assert m.group(2).removesuffix("\n") == _table(BOT_SETTINGS, BOTS_DOC_LINK)
 
 
 def test_every_command_has_its_settings_table() -> None:
     """Each command's table in the README is generated from the settings it reads."""
     for name, table in command_settings().items():
         key = "settings-table" if name == "serve" else f"settings-{name.replace(' ', '-')}"
-        assert _section(key) == markdown_table(table), name
+        assert _section(key) == _table(table), name
+
+
+def test_the_kafka_access_settings_are_tabled_once_with_every_command_pointing_there() -> None:
+    """Each command that reaches Kafka takes every access setting, tabled once."""
+    assert _section("kafka-access-table") == markdown_table(ACCESS_SETTINGS)
+    access = {s.name for s in ACCESS_SETTINGS}
+    for name in ("serve", "bot echo", "bot ivr", "audit", "replay"):
+        assert access <= {s.name for s in command_settings()[name]}, name
 
 
 def test_limits_tables_match_the_code() -> None:
@@ -118,7 +142,8 @@ def regenerate(text: str) -> str:
 if __name__ == "__main__":
     README_PATH.write_text(regenerate(README))
     BOTS_DOC_PATH.write_text(_pattern("bot-settings").sub(
-        lambda m: m.group(1) + markdown_table(BOT_SETTINGS) + "\n" + m.group(3), BOTS_DOC))
+        lambda m: m.group(1) + _table(BOT_SETTINGS, BOTS_DOC_LINK) + "\n" + m.group(3),
+        BOTS_DOC))
     sys.exit(0)
 
 

@@ -15,11 +15,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from aiokafka.errors import KafkaError
 
 from gateway.audit import files, reading
 from gateway.audit.timeline import NoCall, Timeline, build
+from gateway.kafka_access import ACCESS_SETTINGS, AccessError, KafkaAccess, explained, target
 from gateway.settings import (
     DEFAULT_KAFKA,
     DEFAULT_TOPIC_PREFIX,
@@ -30,6 +32,7 @@ from gateway.settings import (
     add_settings,
     boolean,
     from_args,
+    nested,
     positive,
     with_defaults,
 )
@@ -61,6 +64,7 @@ def since_time(text: str) -> int | None:
 @dataclass(frozen=True)
 class AuditSettings:
     kafka: str = DEFAULT_KAFKA
+    kafka_access: KafkaAccess = KafkaAccess()
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
     call_id: str = ""
     out: str = "."
@@ -71,6 +75,7 @@ class AuditSettings:
 
 AUDIT_SETTINGS: tuple[Setting, ...] = with_defaults((
     KAFKA,
+    *nested(ACCESS_SETTINGS, "kafka_access"),
     TOPIC_PREFIX,
     Setting("call_id", "KGW_AUDIT_CALL_ID", None, "the call to rebuild"),
     Setting("out", "KGW_AUDIT_OUT", None,
@@ -106,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     except SettingError as error:
         print(f"audit: {error}", file=sys.stderr)
         return 2
-    except (LookupError, NoCall, KafkaError) as error:
+    except (LookupError, NoCall, KafkaError, AccessError) as error:
         print(f"audit: {error}", file=sys.stderr)
         return 1
     for path in write_call(timeline, Path(settings.out)):
@@ -121,9 +126,18 @@ def _settings(args: argparse.Namespace) -> AuditSettings:
     return settings
 
 
+def _kafka(settings: AuditSettings) -> dict[str, Any]:
+    try:
+        return target(settings.kafka, settings.kafka_access)
+    except AccessError as e:
+        raise SettingError(str(e)) from None
+
+
 async def _timeline(settings: AuditSettings) -> Timeline:
-    got = await reading.fetch_call(settings.kafka, settings.topic_prefix, settings.call_id,
-                                   since_us=settings.since, lookback_s=settings.lookback_s)
+    kafka = _kafka(settings)
+    got = await explained(kafka, lambda: reading.fetch_call(
+        kafka, settings.topic_prefix, settings.call_id, since_us=settings.since,
+        lookback_s=settings.lookback_s))
     if not got.inbound and not got.outbound:
         raise LookupError(f"no records of call {settings.call_id!r} on partition "
                           f"{got.partition} since {_when(got.since_us)}")
@@ -150,7 +164,9 @@ def _list(settings: AuditSettings) -> int:
     since = settings.since
     if since is None:
         since = int((time.time() - settings.lookback_s) * 1e6)
-    rows = asyncio.run(reading.list_calls(settings.kafka, settings.topic_prefix, since))
+    kafka = _kafka(settings)
+    rows = asyncio.run(explained(kafka, lambda: reading.list_calls(
+        kafka, settings.topic_prefix, since)))
     print(f"{'started (UTC)':<20} {'duration':>9}  {'end reason':<16} {'node':<12} call id")
     for r in rows:
         duration = f"{r.duration_ms / 1000:.1f}s" if r.duration_ms is not None else "live"

@@ -1,4 +1,5 @@
-"""Fetching one call's records from the bus, and listing calls. Public aiokafka APIs only.
+"""Fetching one call's records from the bus, and listing calls: what ``audit`` and
+``replay`` read. Public aiokafka APIs only, no consumer group.
 
 A call's records sit on one partition of inbound and of outbound: Kafka's default
 partition of its key (murmur2, as the node's producer places them). Reading starts at
@@ -8,7 +9,9 @@ else ``lookback_s`` ago. Inbound is read until the call's ``ended`` or the end o
 taken at the start (a live call: what is there so far); outbound until its end offset
 taken ``OUTBOUND_SETTLE_S`` after the call's end (what the node sent last may still be
 in flight when ``ended`` is read), or once its records are that far past the end.
-Records of other calls on the partition are skipped by key, never decoded.
+Records of other calls on the partition are skipped by key, never decoded. A call id
+used again (a provider that repeats a uuid) yields the last call read: a ``started``
+starts the collection afresh.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import murmur2
 
 from gateway import records, topics
+from gateway.kafka_access import Target, options_of
 
 __all__ = ["CallRecords", "CallRow", "fetch_call", "list_calls", "partition_of"]
 
@@ -54,16 +58,22 @@ def partition_of(key: bytes, partitions: int) -> int:
     return (murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-async def fetch_call(bootstrap: str, prefix: str, call_id: str, *, since_us: int | None,
-                     lookback_s: float) -> CallRecords:
-    """The call's decoded inbound and outbound records, each topic in order."""
+async def fetch_call(kafka: Target, prefix: str, call_id: str, *, since_us: int | None,
+                     lookback_s: float, wait_s: float = 0.0,
+                     outbound: bool = True) -> CallRecords:
+    """The call's decoded inbound and outbound records, each topic in order.
+
+    ``wait_s`` above 0: a call not ended by the end of the partition is waited for that
+    long (a call just placed), reading its records as they come. ``outbound`` False:
+    the inbound side alone (what a replay places).
+    """
     key = call_id.encode()
     inbound, state = topics.inbound_topic(prefix), topics.state_topic(prefix)
-    counts = await _partition_counts(bootstrap, [inbound, state])
+    counts = await _partition_counts(kafka, [inbound, state])
     if not counts.get(inbound):
         raise LookupError(f"topic {inbound} does not exist")
     number = partition_of(key, counts[inbound])
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**options_of(kafka), enable_auto_commit=False)
     await consumer.start()
     try:
         if since_us is None and counts.get(state):
@@ -80,9 +90,20 @@ async def fetch_call(bootstrap: str, prefix: str, call_id: str, *, since_us: int
         def is_end(rec: Any) -> bool:
             return rec.WhichOneof("body") == "ended"
 
+        deadline = time.monotonic() + wait_s
         await _read(consumer, tp_in, start[tp_in], ends[tp_in], key, records.decode_inbound,
-                    out.inbound, stop=is_end)
+                    out.inbound, stop=is_end, restart=_is_start)
+        while not (out.inbound and is_end(out.inbound[-1])) and time.monotonic() < deadline:
+            await asyncio.sleep(_POLL_MS / 1000)  # a call still going: read what came since
+            position = await consumer.position(tp_in)
+            (end,) = (await consumer.end_offsets([tp_in])).values()
+            await _read(consumer, tp_in, position, end, key, records.decode_inbound,
+                        out.inbound, stop=is_end, restart=_is_start)
         ended = next((r for r in out.inbound if is_end(r)), None)
+        if not outbound:
+            return out
+        started = next((r for r in out.inbound if _is_start(r)), None)
+        begun_us = started.time_unix_us if started is not None else 0
         limit_us: int | None = None
         if ended is not None:
             limit_us = ended.time_unix_us + int(OUTBOUND_SETTLE_S * 1e6)
@@ -96,14 +117,20 @@ async def fetch_call(bootstrap: str, prefix: str, call_id: str, *, since_us: int
 
         await _read(consumer, tp_out, start[tp_out], ends[tp_out], key, records.decode_outbound,
                     out.outbound, stop=past_end)
+        # An earlier call of the same id: the node sent nothing of this one before it began.
+        out.outbound = [r for r in out.outbound if r.sent_unix_us >= begun_us]
         return out
     finally:
         await consumer.stop()
 
 
-async def _partition_counts(bootstrap: str, names: list[str]) -> dict[str, int]:
+def _is_start(rec: Any) -> bool:
+    return bool(rec.WhichOneof("body") == "started")
+
+
+async def _partition_counts(kafka: Target, names: list[str]) -> dict[str, int]:
     """Partitions of each topic that exists (a missing one is left out)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**options_of(kafka))
     await admin.start()
     try:
         described = await admin.describe_topics(names)
@@ -137,11 +164,15 @@ async def _messages(consumer: AIOKafkaConsumer, tp: TopicPartition, start: int,
 
 async def _read(consumer: AIOKafkaConsumer, tp: TopicPartition, start: int, end: int,
                 key: bytes, decode: Callable[[bytes], Any], into: list[Any],
-                stop: Callable[[Any], bool]) -> None:
-    """The records of ``key`` between two offsets, up to the first that ``stop``s."""
+                stop: Callable[[Any], bool],
+                restart: Callable[[Any], bool] = lambda rec: False) -> None:
+    """The records of ``key`` between two offsets, up to the first that ``stop``s; one
+    that ``restart``s drops what was read before it."""
     async for msg in _messages(consumer, tp, start, end):
         if msg.key == key and msg.value is not None:
             rec = decode(msg.value)
+            if restart(rec):
+                into.clear()
             into.append(rec)
             if stop(rec):
                 return
@@ -163,14 +194,14 @@ async def _started_in_state(consumer: AIOKafkaConsumer, state: str, number: int,
     return records.decode_inbound(latest).time_unix_us - int(_STATE_MARGIN_S * 1e6)
 
 
-async def list_calls(bootstrap: str, prefix: str, since_us: int) -> list[CallRow]:
+async def list_calls(kafka: Target, prefix: str, since_us: int) -> list[CallRow]:
     """Calls with a started or ended record on inbound since ``since_us``, oldest first."""
     inbound = topics.inbound_topic(prefix)
-    counts = await _partition_counts(bootstrap, [inbound])
+    counts = await _partition_counts(kafka, [inbound])
     if not counts.get(inbound):
         raise LookupError(f"topic {inbound} does not exist")
     tps = [TopicPartition(inbound, p) for p in range(counts[inbound])]
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**options_of(kafka), enable_auto_commit=False)
     await consumer.start()
     try:
         consumer.assign(tps)

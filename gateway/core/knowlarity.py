@@ -140,6 +140,22 @@ def parse_start(text: str, *, fallback_call_id: str, default_sample_rate: int = 
     )
 
 
+def start_with_call_id(raw: str, call_id: str) -> str:
+    """The start message ``raw`` (any shape ``parse_start`` reads) naming ``call_id``, as
+    compact JSON with every other field as it was: what a replay sends.
+
+    The id goes where ``parse_start`` reads it (``uuid``, else its alias ``callid``); a
+    message that named none (the id came from the URL path) gets a ``uuid``. Raises
+    ``ProtocolError`` if ``raw`` is no start message or ``call_id`` no call id.
+    """
+    check_call_id(call_id)
+    message, _, _ = _decode_document(raw)
+    key = "callid" if message.get("uuid") in (None, "") and "callid" in message else "uuid"
+    out = json.dumps({**message, key: call_id}, separators=(",", ":"), ensure_ascii=False)
+    parse_start(out, fallback_call_id="-")  # what the node will accept
+    return out
+
+
 def _decode_document(text: str) -> tuple[dict[str, object], str, bool]:
     """Return the message object, its base shape and whether a BOM was stripped."""
     stripped, had_bom = _strip(text)

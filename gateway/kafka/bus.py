@@ -62,6 +62,7 @@ from gateway.config import NodeConfig
 from gateway.core import model as m
 from gateway.kafka.clients import stop_within
 from gateway.kafka.outbox import NO_HEADERS, RECORD_OVERHEAD_BYTES, Entry, Headers, Loss, Outbox
+from gateway.kafka_access import Target, options_of, probe, target
 from gateway.ops.metrics import Metrics
 
 log = Logger()
@@ -97,10 +98,10 @@ _START_LOG_EVERY_S = 30.0
 _STATE_TOPIC_CONFIGS = {"cleanup.policy": "compact", "segment.ms": str(3600 * 1000)}
 
 
-async def ensure_topics(bootstrap: str, specs: list[tuple[str, int, int]],
+async def ensure_topics(kafka: Target, specs: list[tuple[str, int, int]],
                         configs: dict[str, str] | None = None) -> None:
     """Create (name, partitions, replication) topics that do not exist yet."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**options_of(kafka))
     try:
         # Inside the try: a node retrying an absent broker must not leak a client a try.
         await admin.start()
@@ -195,7 +196,8 @@ class Bus:
         """Topics exist, the producer is up and the command consumer is positioned.
 
         Kafka away at start is not an error: retried with backoff (logged once per
-        interval) until it answers; cancel the call to give up.
+        interval) until it answers; cancel the call to give up. A broker that refuses
+        the TLS handshake or the credentials is one: ``AccessError``, at once.
         """
         delay, last_log = 0.5, -_START_LOG_EVERY_S
         attempts = 0
@@ -208,6 +210,7 @@ class Bus:
                 break
             except (KafkaError, OSError) as e:
                 await self._close_clients()
+                await probe(target(self._c.kafka, self._c.kafka_access))  # raises AccessError
                 now = time.monotonic()
                 if now - last_log >= _START_LOG_EVERY_S:
                     last_log = now
@@ -226,14 +229,15 @@ class Bus:
         c = self._c
         configs = {"min.insync.replicas": str(c.min_insync_replicas)} \
             if c.min_insync_replicas > 1 else {}
-        await ensure_topics(c.kafka, [
+        kafka = target(c.kafka, c.kafka_access)
+        await ensure_topics(kafka, [
             (c.inbound_topic, c.inbound_partitions, c.replication_factor),
             (c.outbound_topic, c.inbound_partitions, c.replication_factor),
             # One partition: a node's commands stay in the order bots sent them.
             (c.commands_topic, 1, c.replication_factor),
         ], configs)
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=c.kafka,
+            **kafka,
             acks="all",
             enable_idempotence=True,
             linger_ms=c.linger_ms,
@@ -249,7 +253,7 @@ class Bus:
         # As many partitions as inbound has (which another node may have made), so a
         # call's state records have the partition number of its inbound records.
         inbound = self._partition_counts[c.inbound_topic]
-        await ensure_topics(c.kafka, [(self._state_topic, inbound, c.replication_factor)],
+        await ensure_topics(kafka, [(self._state_topic, inbound, c.replication_factor)],
                             {**configs, **_STATE_TOPIC_CONFIGS})
         await self._count_partitions(self._state_topic)
         if self._partition_counts[self._state_topic] != inbound:
@@ -260,7 +264,7 @@ class Bus:
         # No consumer group: this node alone reads its topic, and a restarted
         # node has no calls, so it starts at the end.
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=c.kafka, enable_auto_commit=False, client_id=f"kgw-{c.node_id}-cmd",
+            **kafka, enable_auto_commit=False, client_id=f"kgw-{c.node_id}-cmd",
         )
         await self._consumer.start()
         tp = TopicPartition(c.commands_topic, 0)

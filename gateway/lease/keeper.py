@@ -26,6 +26,7 @@ from twisted.logger import Logger
 from gateway import records, topics
 from gateway.config import NodeConfig
 from gateway.kafka.clients import CLOSE_TIMEOUT_S, stop_within
+from gateway.kafka_access import target
 from gateway.lease import rules as ls
 
 log = Logger()
@@ -91,12 +92,13 @@ class LeaseKeeper:
         """Read the leases, end this id's previous calls, take an epoch: before any call."""
         c = self._c
         await self._ensure_topic()
+        kafka = target(c.kafka, c.kafka_access)
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=c.kafka, acks="all", enable_idempotence=True, linger_ms=0,
+            **kafka, acks="all", enable_idempotence=True, linger_ms=0,
             client_id=f"kgw-{c.node_id}-lease")
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=c.kafka, enable_auto_commit=False,
+            **kafka, enable_auto_commit=False,
             client_id=f"kgw-{c.node_id}-nodes")
         await self._consumer.start()
         self._consumer.assign([self._tp])
@@ -137,7 +139,7 @@ class LeaseKeeper:
             await stop_within((self._consumer, self._producer), "lease")
 
     async def _ensure_topic(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self._c.kafka)
+        admin = AIOKafkaAdminClient(**target(self._c.kafka, self._c.kafka_access))
         await admin.start()
         try:
             if self.topic not in set(await admin.list_topics()):

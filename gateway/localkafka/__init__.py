@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import fcntl
 import hashlib
 import logging
@@ -34,6 +35,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from gateway.localkafka import secure
+from gateway.localkafka.secure import SecureListener
 from gateway.ports import free_ports
 
 __all__ = [
@@ -180,12 +183,6 @@ def _new_cluster_id() -> str:
             return cluster_id
 
 
-def _free_ports(preferred: int | None) -> tuple[int, int]:
-    """A broker port (`preferred` if it is free) and a controller port, both unused."""
-    broker, controller = free_ports(2, preferred)
-    return broker, controller
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -283,9 +280,10 @@ class LocalKafka:
 
     def __init__(
         self, data_dir: Path | None = None, port: int | None = None, heap_mb: int = 512,
-        fast_start: bool = True,
+        fast_start: bool = True, secure: bool = False,
     ) -> None:
-        """``fast_start`` (tests, dev) trades steady-state speed for start-up time."""
+        """``fast_start`` (tests, dev) trades steady-state speed for start-up time.
+        ``secure`` adds a SASL_SSL listener (``secure_listener``; see ``secure.py``)."""
         self._jvm_flags = _JVM_FLAGS + (_FAST_START_FLAGS if fast_start else _STEADY_FLAGS)
         self._own_dir = data_dir is None
         self.data_dir = (
@@ -297,6 +295,8 @@ class LocalKafka:
         self.heap_mb = heap_mb
         self._proc: subprocess.Popen[bytes] | None = None
         self._bootstrap: str | None = None
+        self._secure = secure
+        self.secure_listener: SecureListener | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -330,12 +330,19 @@ class LocalKafka:
 
     def _write_properties(self, port: int, controller_port: int) -> Path:
         storage = self.data_dir / _STORAGE_DIR
+        listeners = f"PLAINTEXT://127.0.0.1:{port}"
+        protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+        extra: dict[str, str] = {}
+        if self.secure_listener is not None:
+            listeners += f",{secure.LISTENER}://127.0.0.1:{self.secure_listener.port}"
+            protocols += f",{secure.LISTENER}:{secure.LISTENER}"
+            extra = secure.broker_properties(self.secure_listener)
         props = {
             "node.id": "1",
             "process.roles": "broker,controller",
-            "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listeners": f"{listeners},CONTROLLER://127.0.0.1:{controller_port}",
+            "advertised.listeners": listeners,
+            "listener.security.protocol.map": protocols,
             "inter.broker.listener.name": "PLAINTEXT",
             "controller.listener.names": "CONTROLLER",
             # A static one-voter quorum: formats without --standalone, needs no KIP-853 bootstrap.
@@ -355,6 +362,7 @@ class LocalKafka:
             "transaction.state.log.num.partitions": "1",
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
+            **extra,
         }
         path = self.data_dir / _PROPS_FILE
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
@@ -376,12 +384,17 @@ class LocalKafka:
                 (self.data_dir / name).unlink(missing_ok=True)
             shutil.rmtree(self.data_dir / _STORAGE_DIR, ignore_errors=True)
             log.write_bytes(b"")
-            port, controller_port = _free_ports(self.port)
+            port, controller_port, secure_port = free_ports(3, self.port)
+            scram: list[str] = []
+            if self._secure:
+                made = secure.make(self.data_dir / "secure")
+                self.secure_listener = dataclasses.replace(made, port=secure_port)
+                scram = secure.storage_args(self.secure_listener)
             props = str(self._write_properties(port, controller_port))
 
             fmt = subprocess.run(
                 self._java(java, libs, "kafka.tools.StorageTool", "format")
-                + ["-t", _new_cluster_id(), "-c", props],
+                + ["-t", _new_cluster_id(), "-c", props, *scram],
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

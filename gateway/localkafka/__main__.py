@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import LocalKafka, LocalKafkaCluster, LocalKafkaError, fetch
+from . import LocalKafka, LocalKafkaCluster, LocalKafkaError, fetch, secure
 from .cluster import CLUSTER_FILE
 
 _HEAP_MB = 512  # LocalKafka's; a cluster node defaults to LocalKafkaCluster's
@@ -21,7 +21,9 @@ def _kafka(args: argparse.Namespace) -> LocalKafka | LocalKafkaCluster:
     if args.brokers < 1:
         raise LocalKafkaError("--brokers must be at least 1")
     if args.brokers == 1:
-        return LocalKafka(args.data_dir, args.port, args.heap_mb or _HEAP_MB)
+        return LocalKafka(args.data_dir, args.port, args.heap_mb or _HEAP_MB, secure=args.secure)
+    if args.secure:
+        raise LocalKafkaError("--secure is for a single broker")
     if args.port is not None:
         raise LocalKafkaError("--port is for a single broker; a cluster picks free ports")
     if args.heap_mb:
@@ -33,6 +35,17 @@ def _running(kafka: LocalKafka | LocalKafkaCluster) -> bool:
     if isinstance(kafka, LocalKafka):
         return kafka.running
     return all(kafka.running(i) for i in range(kafka.brokers))
+
+
+def _print_secure(kafka: LocalKafka | LocalKafkaCluster) -> None:
+    """The settings a client needs for the SASL_SSL listener (the password stays in its file)."""
+    s = kafka.secure_listener if isinstance(kafka, LocalKafka) else None
+    if s is None:
+        return
+    print(f"secure: KGW_KAFKA={s.bootstrap} KGW_KAFKA_SECURITY_PROTOCOL=SASL_SSL "
+          f"KGW_KAFKA_SASL_MECHANISM=SCRAM-SHA-512 KGW_KAFKA_SASL_USERNAME={secure.USER} "
+          f"KGW_KAFKA_SASL_PASSWORD_FILE={s.password_file} KGW_KAFKA_SSL_CA_FILE={s.ca_file}",
+          flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument(
             "--timeout", type=float, default=90.0, help="seconds to wait for the broker"
         )
+        cmd.add_argument(
+            "--secure", action="store_true",
+            help="also a SASL_SSL listener (PLAIN, SCRAM-SHA-256/512, unsecured OAUTHBEARER) "
+                 "with a CA and password made on the fly; prints the client settings")
     args = parser.parse_args(argv)
 
     try:
@@ -65,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "start":
             kafka = _kafka(args)
             print(f"kafka: {kafka.start(args.timeout)}", flush=True)
+            _print_secure(kafka)
             # The broker has its own session and outlives us; `stop` finds it by its pid file.
         elif args.command == "stop":
             if (args.data_dir / CLUSTER_FILE).exists():
@@ -77,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             kafka = _kafka(args)
             try:
                 print(f"kafka: {kafka.start(args.timeout)}", flush=True)
+                _print_secure(kafka)
                 while _running(kafka):
                     time.sleep(0.5)
                 print("localkafka: the broker exited on its own", file=sys.stderr)

@@ -29,8 +29,15 @@ from aiokafka.errors import KafkaError
 
 from gateway.core import knowlarity
 from gateway.core.errors import ProtocolError
+from gateway.kafka_access import (
+    ACCESS_SETTINGS,
+    AccessError,
+    KafkaAccess,
+    client_options,
+    explained,
+    target,
+)
 from gateway.replay import reading
-from gateway.replay.start import with_call_id
 from gateway.settings import (
     DEFAULT_KAFKA,
     DEFAULT_TOPIC_PREFIX,
@@ -42,6 +49,7 @@ from gateway.settings import (
     as_argv,
     boolean,
     from_args,
+    nested,
     non_negative,
     positive,
     with_defaults,
@@ -71,6 +79,7 @@ def _call_id(text: str) -> str:
 @dataclass(frozen=True)
 class ReplaySettings:
     kafka: str = DEFAULT_KAFKA
+    kafka_access: KafkaAccess = KafkaAccess()
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
     call_id: str = ""
     url: str = DEFAULT_URL
@@ -84,6 +93,7 @@ class ReplaySettings:
 
 REPLAY_SETTINGS: tuple[Setting, ...] = with_defaults((
     KAFKA,
+    *nested(ACCESS_SETTINGS, "kafka_access"),
     TOPIC_PREFIX,
     Setting("call_id", "KGW_REPLAY_CALL_ID", None, "the recorded call to place again",
             _call_id),
@@ -120,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
     """Replay the call ``args`` name, print the report and return the exit status."""
     try:
         settings: ReplaySettings = from_args(ReplaySettings(), REPLAY_SETTINGS, args)
-    except SettingError as error:
+        client_options(settings.kafka_access)  # the files exist and the combination works
+    except (SettingError, AccessError) as error:
         print(f"replay: {error}", file=sys.stderr)
         return 2
     if not settings.call_id:
@@ -148,11 +159,15 @@ async def replay(settings: ReplaySettings) -> dict[str, Any]:
     """Read, place, compare; the JSON-ready summary. Raises CallNotFound or ValueError."""
     from gateway.simulator import client  # Autobahn on asyncio: here only
 
-    original = await reading.read_call(
-        settings.kafka, settings.topic_prefix, settings.call_id,
-        since_unix_s=time.time() - settings.lookback_s)
+    kafka = target(settings.kafka, settings.kafka_access)
+    original = await explained(kafka, lambda: reading.read_call(
+        kafka, settings.topic_prefix, settings.call_id,
+        since_unix_s=time.time() - settings.lookback_s))
     new_id = f"{settings.call_id}-replay-{settings.attempt}"
-    start = with_call_id(original.started.started.raw_start_message, new_id)
+    try:
+        start = knowlarity.start_with_call_id(original.started.started.raw_start_message, new_id)
+    except ProtocolError as e:
+        raise ValueError(f"the recorded start message of {settings.call_id}: {e.reason}") from None
     frames, offsets = _paced(original.audio)
     options = CallOptions(sample_rate=original.sample_rate, call_id=new_id,
                           start_message=start, linger=settings.linger_s,
@@ -164,7 +179,7 @@ async def replay(settings: ReplaySettings) -> dict[str, Any]:
     if settings.wait_s > 0 and result.connected:
         try:
             replayed = await reading.read_call(
-                settings.kafka, settings.topic_prefix, new_id,
+                kafka, settings.topic_prefix, new_id,
                 since_unix_s=placed_at - 5, wait_s=settings.wait_s)
         except reading.CallNotFound:
             replayed = None

@@ -1,30 +1,21 @@
-"""Reading one call's inbound records back from the bus, from its partition only.
+"""One call's caller side, as ``replay`` places it again: read by ``audit``'s reader.
 
-A call's records are keyed by its id, so they all sit in the partition Kafka's
-default partitioner picks for the key (``murmur2(key) & 0x7fffffff`` modulo
-the partition count, as the node's producer does). The read starts at the
-first offset written at or after ``since`` (``offsets_for_times``) and stops
-at the call's ``ended``: a lookback bounds the work on a busy topic. Public
-aiokafka APIs only, no consumer group.
-
-Small on purpose: ``gateway/audit/reading.py`` does the same job and the two
-are to be merged.
+``gateway.audit.reading.fetch_call`` finds the call's partition, starts at the
+given time and stops at its ``ended`` (or waits for it); this module keeps what
+a replay needs of those records: the start message, the caller audio with its
+received times, the end and the node's turn figures.
 """
 
 from __future__ import annotations
 
-import asyncio
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.partitioner import murmur2
+from gateway.audit.reading import fetch_call
+from gateway.kafka_access import Target
 
-from gateway import records, topics
-
-__all__ = ["CallNotFound", "RecordedCall", "partition_for", "read_call"]
+__all__ = ["CallNotFound", "RecordedCall", "read_call", "recorded"]
 
 
 class CallNotFound(Exception):
@@ -54,11 +45,32 @@ class RecordedCall:
         return int(self.ended.ended.turns) if self.ended is not None else 0
 
 
-def partition_for(call_id: str, partitions: int) -> int:
-    return int(murmur2(call_id.encode()) & 0x7FFFFFFF) % partitions
+def recorded(call_id: str, inbound: Sequence[Any], where: str) -> RecordedCall:
+    """The replay's view of a call's inbound records (from its ``started`` on, as the
+    reader hands them). Raises ``CallNotFound`` if there is no start or no end."""
+    started, ended = None, None
+    audio: list[tuple[int, bytes]] = []
+    dropped = 0
+    for rec in inbound:
+        body = rec.WhichOneof("body")
+        if body == "started":
+            started = rec
+        elif started is None:
+            continue  # the tail of an earlier call of the same id
+        elif body == "audio":
+            audio.append((rec.audio.received_unix_us, rec.audio.pcm))
+        elif body == "dropped":
+            dropped += rec.dropped.records
+        elif body == "ended":
+            ended = rec
+    if started is None:
+        raise CallNotFound(f"no started record of call {call_id} on {where} in the window read")
+    if ended is None:
+        raise CallNotFound(f"call {call_id} has no ended record yet on {where}")
+    return RecordedCall(call_id, started, tuple(audio), ended, dropped)
 
 
-async def read_call(bootstrap: str, prefix: str, call_id: str, *, since_unix_s: float,
+async def read_call(kafka: Target, prefix: str, call_id: str, *, since_unix_s: float,
                     wait_s: float = 0.0) -> RecordedCall:
     """The call's records from its last ``started`` to its ``ended``.
 
@@ -66,64 +78,9 @@ async def read_call(bootstrap: str, prefix: str, call_id: str, *, since_unix_s: 
     that long for the ``ended`` (a call that is still going, or just placed).
     Raises ``CallNotFound``.
     """
-    topic = topics.inbound_topic(prefix)
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
-        await consumer.start()
-        tp = TopicPartition(topic, partition_for(call_id, await _partitions(bootstrap, topic)))
-        consumer.assign([tp])
-        found = await consumer.offsets_for_times({tp: int(since_unix_s * 1000)})
-        end = (await consumer.end_offsets([tp]))[tp]
-        start = found[tp]
-        consumer.seek(tp, start.offset if start is not None else end)
-        return await _collect(consumer, tp, call_id, end, wait_s)
-    finally:
-        await consumer.stop()
-
-
-async def _partitions(bootstrap: str, topic: str) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    try:
-        await admin.start()
-        (desc,) = await admin.describe_topics([topic])
-    finally:
-        await admin.close()
-    if desc["error_code"] != 0 or not desc["partitions"]:
-        raise CallNotFound(f"topic {topic} does not exist")
-    return len(desc["partitions"])
-
-
-async def _collect(consumer: AIOKafkaConsumer, tp: TopicPartition, call_id: str, end: int,
-                   wait_s: float) -> RecordedCall:
-    key = call_id.encode()
-    deadline = time.monotonic() + wait_s
-    started: Any = None
-    audio: list[tuple[int, bytes]] = []
-    dropped = 0
-    while True:
-        if not wait_s and await consumer.position(tp) >= end:
-            break
-        if wait_s and time.monotonic() > deadline:
-            break
-        batch = await consumer.getmany(tp, timeout_ms=200)
-        for msg in batch.get(tp, ()):
-            if msg.key != key or msg.value is None:
-                continue
-            rec = records.decode_inbound(msg.value)
-            body = rec.WhichOneof("body")
-            if body == "started":
-                started, audio, dropped = rec, [], 0  # a call id used again: the last call
-            elif started is None:
-                continue  # the tail of an earlier call of the same id
-            elif body == "audio":
-                audio.append((rec.audio.received_unix_us, rec.audio.pcm))
-            elif body == "dropped":
-                dropped += rec.dropped.records
-            elif body == "ended":
-                return RecordedCall(call_id, started, tuple(audio), rec, dropped)
-        await asyncio.sleep(0)
-    if started is None:
-        raise CallNotFound(f"no started record of call {call_id} on {tp.topic} "
-                           f"partition {tp.partition} in the window read")
-    raise CallNotFound(f"call {call_id} has no ended record yet on {tp.topic} "
-                       f"partition {tp.partition}")
+        got = await fetch_call(kafka, prefix, call_id, since_us=int(since_unix_s * 1e6),
+                               lookback_s=0, wait_s=wait_s, outbound=False)
+    except LookupError as e:  # no inbound topic
+        raise CallNotFound(str(e)) from None
+    return recorded(call_id, got.inbound, f"partition {got.partition} of {prefix}.calls.inbound")

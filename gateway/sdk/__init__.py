@@ -23,6 +23,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from gateway.kafka_access import AccessError, client_options
 from gateway.sdk.call import (
     HANDED_OVER,
     Audio,
@@ -93,6 +94,11 @@ def main(handler: Handler, argv: Sequence[str] | None = None, *,
         except SettingError as e:
             print(e, file=sys.stderr)
             return 2
+    try:
+        client_options(settings.kafka_access)  # the files exist and the combination works
+    except AccessError as e:
+        print(e, file=sys.stderr)
+        return 2
     start_logging(settings.log_format, settings.log_level)
     return asyncio.run(_until_signalled(handler, settings))
 
@@ -106,8 +112,8 @@ async def _until_signalled(handler: Handler, settings: BotSettings) -> int:
         loop.add_signal_handler(sig, stop.set)
     try:
         await run_bot(handler, settings, stop=stop)
-    except KafkaError as e:
-        logging.getLogger(__name__).error("event=bot_failed kafka=%s error=%r", settings.kafka, e)
+    except (KafkaError, AccessError) as e:
+        logging.getLogger(__name__).error("event=bot_failed kafka=%s error=%s", settings.kafka, e)
         return 1
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -23,6 +23,7 @@ from aiokafka.errors import IllegalStateError, KafkaError
 
 from gateway import records
 from gateway.core import model as m
+from gateway.kafka_access import probe, target
 from gateway.sdk.calls import Calls, Handler, Stats
 from gateway.sdk.offsets import PartitionOffsets
 from gateway.sdk.settings import BotSettings
@@ -57,9 +58,9 @@ class _Runner:
         self._committed: dict[TopicPartition, int] = {}
         self.assignment_changed = asyncio.Event()
         self.send_failures = 0
-        servers = settings.kafka.split(",")
+        self.kafka = kafka = target(settings.kafka, settings.kafka_access)
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=servers, group_id=settings.group_id,
+            **kafka, group_id=settings.group_id,
             client_id=f"{settings.group_id}-sdk",
             auto_offset_reset="earliest" if settings.from_beginning else "latest",
             enable_auto_commit=False,
@@ -68,7 +69,7 @@ class _Runner:
             metadata_max_age_ms=10_000,
         )
         self.producer = AIOKafkaProducer(
-            bootstrap_servers=servers, client_id=f"{settings.group_id}-sdk", acks="all",
+            **kafka, client_id=f"{settings.group_id}-sdk", acks="all",
             enable_idempotence=True, linger_ms=2,
             # A node's commands topic has one partition and aiokafka keeps one batch per
             # partition in flight: small batches would queue commands behind each other.
@@ -76,9 +77,8 @@ class _Runner:
         )
         # Reads the call-state topic on each assignment. One for the bot's life: a
         # consumer stopped inside a rebalance callback cancels the group coordinator.
-        self.state_reader = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None,
-                                             enable_auto_commit=False)
-        self.admin = AIOKafkaAdminClient(bootstrap_servers=servers)
+        self.state_reader = AIOKafkaConsumer(**kafka, group_id=None, enable_auto_commit=False)
+        self.admin = AIOKafkaAdminClient(**kafka)
 
     # --- commands -------------------------------------------------------------
 
@@ -199,8 +199,10 @@ class _Runner:
             await self.state_reader.start()
             await self.admin.start()
             await self.consumer.start()
-        except BaseException:
+        except BaseException as e:
             await self._stop_clients()
+            if isinstance(e, KafkaError):
+                await probe(self.kafka)  # a refused password or certificate: AccessError
             raise
         helpers = [asyncio.create_task(self._signal_ready(ready)),
                    asyncio.create_task(self._every(s.commit_interval_s, self.commit)),
@@ -304,7 +306,8 @@ async def run_bot(handler: Handler, settings: BotSettings, *,
     """Run ``handler`` once per call (each in its own task) until ``stop`` is set.
 
     ``ready`` is set once this instance holds partitions. Raises
-    ``aiokafka.errors.KafkaError`` if the broker cannot be reached at start.
+    ``aiokafka.errors.KafkaError`` if the broker cannot be reached at start, and
+    ``gateway.kafka_access.AccessError`` if it refuses the credentials or TLS.
     """
     runner = _Runner(handler, settings)
     return await runner.run(ready, stop if stop is not None else asyncio.Event())

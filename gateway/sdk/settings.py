@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway import topics
+from gateway.kafka_access import ACCESS_SETTINGS, KafkaAccess
 from gateway.sdk.calls import Limits
 from gateway.settings import (
     DEFAULT_KAFKA,
@@ -16,6 +17,7 @@ from gateway.settings import (
     TOPIC_PREFIX,
     Setting,
     boolean,
+    nested,
     non_negative,
     positive,
     with_defaults,
@@ -31,6 +33,7 @@ def _group_id(text: str) -> str:
 @dataclass(frozen=True)
 class BotSettings:
     kafka: str = DEFAULT_KAFKA
+    kafka_access: KafkaAccess = KafkaAccess()
     topic_prefix: str = DEFAULT_TOPIC_PREFIX
     group_id: str = "knowlarity-bot"
     # With no committed offset: the oldest record instead of the newest.
@@ -52,6 +55,7 @@ class BotSettings:
 # Defaults from BotSettings and Limits; a bot nests these under its own config.
 BOT_SETTINGS: tuple[Setting, ...] = with_defaults((
     KAFKA,
+    *nested(ACCESS_SETTINGS, "kafka_access"),
     TOPIC_PREFIX,
     Setting("group_id", "KGW_BOT_GROUP", None, "consumer group id (every replica the same)",
             _group_id),
