@@ -82,13 +82,15 @@ def command_settings() -> dict[str, tuple[Setting, ...]]:
     from gateway.bot.echo import ECHO_BOT_SETTINGS
     from gateway.bot.ivr import IVR_BOT_SETTINGS
     from gateway.config import NODE_SETTINGS
+    from gateway.configure_number import CONFIGURE_NUMBER_SETTINGS
     from gateway.dev import DEV_SETTINGS
     from gateway.replay import REPLAY_SETTINGS
     from gateway.simulator.command import SIMULATE_SETTINGS
 
     tables = {"serve": NODE_SETTINGS, "bot echo": ECHO_BOT_SETTINGS, "bot ivr": IVR_BOT_SETTINGS,
               "simulate": SIMULATE_SETTINGS, "audit": AUDIT_SETTINGS,
-              "replay": REPLAY_SETTINGS, "dev": DEV_SETTINGS}
+              "replay": REPLAY_SETTINGS, "dev": DEV_SETTINGS,
+              "configure-number": CONFIGURE_NUMBER_SETTINGS}
     try:
         bench = _bench_command()
     except ImportError:
@@ -97,7 +99,7 @@ def command_settings() -> dict[str, tuple[Setting, ...]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gateway import dev, replay, simulator
+    from gateway import configure_number, dev, replay, simulator
     from gateway.audit import command as audit
     from gateway.bot import echo, ivr
     from gateway.config import add_node_arguments
@@ -121,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     _command(sub, "audit", "rebuild a call from the bus: stereo WAV, timeline, summary, HTML "
                            "page; or --list the calls", audit)
     _command(sub, "replay", "place a recorded call again, from the bus", replay)
+    _command(sub, "configure-number", "point a Knowlarity number at a gateway (the "
+                                      "provider's update_wss_url API)", configure_number)
     _command(sub, "dev", "local Kafka + gateway + echo bot, in the foreground", dev)
     _add_bench(sub)
     return parser

@@ -20,6 +20,7 @@ from gateway.bot.echo import EchoBotSettings
 from gateway.bot.ivr import IVR_BOT_SETTINGS, IvrBotSettings
 from gateway.cli import build_parser, command_settings
 from gateway.config import NodeConfig
+from gateway.configure_number import CONFIGURE_NUMBER_SETTINGS, ConfigureNumberSettings
 from gateway.dev import DEV_SETTINGS, DevSettings
 from gateway.replay.command import REPLAY_SETTINGS, ReplaySettings
 from gateway.settings import SettingError, boolean, from_args
@@ -36,6 +37,8 @@ BUILD: dict[str, Callable[[argparse.Namespace, Mapping[str, str]], Any]] = {
     "simulate": lambda a, e: from_args(SimulateSettings(), SIMULATE_SETTINGS, a, e),
     "dev": lambda a, e: from_args(DevSettings(), DEV_SETTINGS, a, e),
     "replay": lambda a, e: from_args(ReplaySettings(), REPLAY_SETTINGS, a, e),
+    "configure-number": lambda a, e: from_args(ConfigureNumberSettings(),
+                                               CONFIGURE_NUMBER_SETTINGS, a, e),
     "audit": lambda a, e: from_args(AuditSettings(), AUDIT_SETTINGS, a, e),
     "bench": lambda a, e: from_args(BenchSettings(), BENCH_SETTINGS, a, e),
 }
