@@ -26,6 +26,13 @@ def state_topic(prefix: str) -> str:
     return f"{prefix}.calls.state"
 
 
+def started_topic(prefix: str) -> str:
+    """Every call's started record again (same bytes and headers), keyed and partitioned
+    like inbound and kept as long as the audio: where ``audit`` learns when an ended call
+    began, so it reads the call's partitions from there and not from hours before."""
+    return f"{prefix}.calls.started"
+
+
 def outbound_topic(prefix: str) -> str:
     """Bot audio and control frames exactly as sent to the provider, for audit."""
     return f"{prefix}.calls.outbound"

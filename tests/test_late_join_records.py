@@ -34,6 +34,7 @@ from gateway.testing.broker import StateReader
 PREFIX = "t"
 CONFIG = NodeConfig(node_id="n7", topic_prefix=PREFIX)
 INBOUND, OUTBOUND, STATE = CONFIG.inbound_topic, CONFIG.outbound_topic, topics.state_topic(PREFIX)
+STARTED = topics.started_topic(PREFIX)
 
 
 def expected_headers(rate: int, node_id: str = "n7", reply: str = CONFIG.commands_topic
@@ -57,7 +58,7 @@ def test_the_header_names_are_the_contract() -> None:
 def new_bus(config: NodeConfig = CONFIG, partitions: int = 3, **kwargs: Any) -> Bus:
     bus = Bus(config, Metrics(), **kwargs)
     # What the bus learns from the broker at start: every topic's partition count.
-    bus._partition_counts = dict.fromkeys((INBOUND, OUTBOUND, STATE), partitions)
+    bus._partition_counts = dict.fromkeys((INBOUND, OUTBOUND, STATE, STARTED), partitions)
     return bus
 
 
@@ -156,6 +157,21 @@ def test_a_call_writes_its_started_record_to_the_state_topic_then_a_tombstone() 
     assert tombstone.value is None and not tombstone.headers.pairs
     assert record.order < tombstone.order
     assert record.precious and tombstone.precious and tombstone.ends_call
+
+
+def test_a_call_s_started_record_is_kept_for_audit_on_the_started_topic() -> None:
+    """The ``calls.started`` topic gets the started record's very bytes and headers, kept
+    (precious), and nothing else of the call: no tombstone, no loss note."""
+    bus = new_bus()
+    call = Call("c1")
+    bus.publish(call.started())
+    bus.publish(call.audio())
+    bus.publish(call.ended())
+    entries = bus.outbox.take(100)
+    started = on(INBOUND, entries)[0]
+    (index,) = on(STARTED, entries)
+    assert (index.value, index.headers, index.precious) == (started.value, started.headers, True)
+    assert not index.ends_call
 
 
 def test_state_records_survive_a_full_buffer_and_keep_their_order() -> None:

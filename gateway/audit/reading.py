@@ -4,9 +4,10 @@
 A call's records sit on one partition of inbound and of outbound: Kafka's default
 partition of its key (murmur2, as the node's producer places them). Reading starts at
 the call's start time (``offsets_for_times``): the one given (``since_us``), else the
-time of its ``started`` record in the call-state topic (only live calls are there),
-else ``lookback_s`` ago. Inbound is read until the call's ``ended`` or the end offset
-taken at the start (a live call: what is there so far); outbound until its end offset
+time of its ``started`` record in the call-state topic (live calls) or in the
+``calls.started`` topic (every call, read newest first), else ``lookback_s`` ago.
+Inbound is read until the call's ``ended`` or the end offset taken at the start (a
+live call: what is there so far); outbound until its end offset
 taken ``OUTBOUND_SETTLE_S`` after the call's end (what the node sent last may still be
 in flight when ``ended`` is read), or once its records are that far past the end.
 Records of other calls on the partition are skipped by key, never decoded. A call id
@@ -69,7 +70,8 @@ async def fetch_call(kafka: Target, prefix: str, call_id: str, *, since_us: int 
     """
     key = call_id.encode()
     inbound, state = topics.inbound_topic(prefix), topics.state_topic(prefix)
-    counts = await _partition_counts(kafka, [inbound, state])
+    index = topics.started_topic(prefix)
+    counts = await _partition_counts(kafka, [inbound, state, index])
     if not counts.get(inbound):
         raise LookupError(f"topic {inbound} does not exist")
     number = partition_of(key, counts[inbound])
@@ -78,6 +80,10 @@ async def fetch_call(kafka: Target, prefix: str, call_id: str, *, since_us: int 
     try:
         if since_us is None and counts.get(state):
             since_us = await _started_in_state(consumer, state, number, key)
+        if since_us is None and counts.get(index):
+            since_us = await _started_in_index(
+                consumer, TopicPartition(index, partition_of(key, counts[index])), key,
+                lookback_s)
         if since_us is None:
             since_us = int((time.time() - lookback_s) * 1e6)
         out = CallRecords(partition=number, since_us=since_us)
@@ -192,6 +198,32 @@ async def _started_in_state(consumer: AIOKafkaConsumer, state: str, number: int,
     if latest is None:
         return None
     return records.decode_inbound(latest).time_unix_us - int(_STATE_MARGIN_S * 1e6)
+
+
+# The index is read newest first, in windows this far back (then the rest of the lookback):
+# most audits are of recent calls, and a window costs what it holds.
+_INDEX_WINDOWS_S = (3600.0, 24 * 3600.0)
+
+
+async def _started_in_index(consumer: AIOKafkaConsumer, tp: TopicPartition, key: bytes,
+                            lookback_s: float) -> int | None:
+    """The time of the call's last started record in the ``calls.started`` topic, read
+    back from now in widening windows up to ``lookback_s``."""
+    now_ms = int(time.time() * 1000)
+    consumer.assign([tp])
+    upper = (await consumer.end_offsets([tp]))[tp]
+    for back_s in (*[w for w in _INDEX_WINDOWS_S if w < lookback_s], lookback_s):
+        since_ms = now_ms - int(back_s * 1000)
+        found = await consumer.offsets_for_times({tp: max(0, since_ms)})
+        lower = found[tp].offset if found.get(tp) else upper
+        latest: bytes | None = None
+        async for msg in _messages(consumer, tp, lower, upper):
+            if msg.key == key and msg.value is not None:
+                latest = msg.value
+        if latest is not None:
+            return records.decode_inbound(latest).time_unix_us - int(_STATE_MARGIN_S * 1e6)
+        upper = lower
+    return None
 
 
 async def list_calls(kafka: Target, prefix: str, since_us: int) -> list[CallRow]:

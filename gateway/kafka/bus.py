@@ -31,6 +31,10 @@ the record it deletes. The node's lease hears that a call's end is delivered
 once its ``ended`` and its tombstone both are: a node lost in between has the
 call ended ``NODE_LOST`` (and tombstoned) by whoever settles its lease.
 
+Audit. The ``started`` record goes a third time to the ``calls.started`` topic
+(kept, not compacted): ``audit`` finds there when an ended call began and reads
+its partitions from that time on, not from its whole lookback.
+
 Every long-running task is supervised: an unexpected exception is logged and
 the task restarted; a task that keeps failing calls ``on_fatal``, and the
 node stops being ready, ends its calls and exits non-zero.
@@ -151,6 +155,7 @@ class Bus:
         # Calls whose records wait until the node's lease lists them (see hold).
         self._held: set[str] = set()
         self._state_topic = topics.state_topic(config.topic_prefix)
+        self._started_topic = topics.started_topic(config.topic_prefix)
         # Calls whose started was published and ended not yet (as many as the node's
         # registry holds): their headers and call-state partition.
         self._calls: dict[str, _LiveCall] = {}
@@ -256,6 +261,9 @@ class Bus:
         await ensure_topics(kafka, [(self._state_topic, inbound, c.replication_factor)],
                             {**configs, **_STATE_TOPIC_CONFIGS})
         await self._count_partitions(self._state_topic)
+        await ensure_topics(kafka, [(self._started_topic, inbound, c.replication_factor)],
+                            configs)
+        await self._count_partitions(self._started_topic)
         if self._partition_counts[self._state_topic] != inbound:
             log.error("topic {state} has {n} partitions, {inbound} has {m}: bots that join "
                       "late will not find the calls of their inbound partitions in it",
@@ -387,11 +395,15 @@ class Bus:
                         precious=started or ended, ends_call=ended, headers=headers))
         if started:
             self._put_state(call_id, key, value, live)
+            # The audit's index of when calls began: one small record per call, kept.
+            self._put(Entry(self._started_topic, key, value, call_id,
+                            partition=self._partition(self._started_topic, key), precious=True,
+                            headers=headers))
         elif ended:
             self._ends_owed[call_id] = self._ends_owed.get(call_id, 0) + 2
             self._put_state(call_id, key, None, live)
             # The call's last record: forget its cached partitions.
-            for t in (topic, self._c.outbound_topic, self._state_topic):
+            for t in (topic, self._c.outbound_topic, self._state_topic, self._started_topic):
                 self._partitions.pop((t, key), None)
 
     def _put_state(self, call_id: str, key: bytes, value: bytes | None,
@@ -574,9 +586,10 @@ class Bus:
                   call_id=entry.call_id, topic=entry.topic, err=err)
         if entry.ends_call:
             self._ends_owed.pop(entry.call_id, None)
-        if entry.topic == self._state_topic:
+        if entry.topic in (self._state_topic, self._started_topic):
             # No loss note there: under the call's key it would take the place of the
-            # started record. The log line above is all a refused state record leaves.
+            # started record. The log line above is all a refused state record leaves
+            # (audit then reads from its lookback instead).
             return
         if entry.call_id:
             self.outbox.record_loss(entry)
