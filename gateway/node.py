@@ -25,7 +25,7 @@ from gateway.core.playout import AudioBudget
 from gateway.kafka.bus import Bus
 from gateway.lease.keeper import LeaseKeeper
 from gateway.ops.logs import printable
-from gateway.ops.metrics import Metrics
+from gateway.ops.metrics import LoopLag, Metrics
 
 log = Logger()
 
@@ -43,6 +43,8 @@ class Node:
         # no call. Default: the reactor's own.
         self.clock = clock or reactor
         self.metrics = metrics or Metrics()
+        self.metrics.max_sockets.set(config.max_sockets)
+        self._loop_lag = LoopLag(self.clock, self.metrics.loop_lag)
         self.registry: Registry[ProviderProtocol] = Registry()
         self.sockets: set[ProviderProtocol] = set()
         self.accepting = False
@@ -78,6 +80,7 @@ class Node:
             site = status_site(lambda: self.ready, self.metrics.registry)
             self._status_port = await wait_deferred(
                 serverFromString(self.reactor, c.metrics_listen).listen(site))
+            self._loop_lag.start()  # only measured where it is scraped
         await self.bus.start()
         # Ends the calls a previous run with this id left, before any new call.
         await self._start_lease()
@@ -150,6 +153,7 @@ class Node:
                 log.error("{n} sockets still open at shutdown", n=len(self.sockets))
         await self.bus.stop()
         if self._status_port is not None:
+            self._loop_lag.stop()
             await wait_deferred(self._status_port.stopListening())
         await self.lease.stop()
 
@@ -164,6 +168,8 @@ class Node:
     # --- from sockets ----------------------------------------------------------------
 
     def publish(self, rec: m.Inbound) -> None:
+        if isinstance(rec.body, m.CallEnded):  # exactly one per call (gateway.core.call)
+            self.metrics.call_duration.observe(rec.body.duration_ms / 1000)
         self.bus.publish(rec)
 
     def publish_outbound(self, rec: m.Outbound) -> None:
