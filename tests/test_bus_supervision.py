@@ -64,3 +64,55 @@ def test_readiness_follows_a_bus_that_failed_for_good(node: Node) -> None:
     assert node.ready
     node.bus.healthy = False  # type: ignore[misc]
     assert not node.ready
+
+
+def test_a_command_batch_no_retry_can_read_is_stepped_over() -> None:
+    """A batch the consumer cannot decode (a codec this node lacks, a bad CRC) is skipped
+    one offset at a time and counted, and the commands after it still arrive; before, the
+    loop retried the same batch forever and commands stopped for every call."""
+    from aiokafka import TopicPartition
+    from aiokafka.errors import UnsupportedCodecError
+
+    from gateway import records
+    from gateway.core import model as m
+
+    metrics = Metrics()
+    got: list[m.Command] = []
+    good = records.encode_command(m.Command(call_id="c1", body=m.ClearAudio()))
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.offset, self.seeks = 7, []
+
+        async def getmany(self, timeout_ms: int, max_records: int) -> dict:
+            if self.offset < 9:  # offsets 7 and 8: one unreadable batch of two
+                raise UnsupportedCodecError("Libraries for snappy compression codec not found")
+            if self.offset == 9:
+                self.offset += 1
+                return {"tp": [type("Msg", (), {"value": good})()]}
+            await asyncio.sleep(3600)
+            return {}
+
+        async def position(self, tp: TopicPartition) -> int:
+            return self.offset
+
+        def seek(self, tp: TopicPartition, offset: int) -> None:
+            self.seeks.append(offset)
+            self.offset = offset
+
+    async def run() -> Consumer:
+        bus = Bus(NodeConfig(), metrics, got.append)
+        consumer = bus._consumer = Consumer()  # type: ignore[assignment]
+        task = asyncio.ensure_future(bus._command_loop())
+        for _ in range(100):
+            await asyncio.sleep(0)
+            if got:
+                break
+        task.cancel()
+        return consumer
+
+    consumer = run_in_own_loop(run())
+    assert consumer.seeks == [8, 9]
+    assert [c.call_id for c in got] == ["c1"]
+    assert metrics.registry.get_sample_value("kgw_commands_total",
+                                             {"outcome": "unreadable"}) == 2

@@ -51,11 +51,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
+    CorruptRecordException,
     KafkaError,
     KafkaTimeoutError,
     LeaderNotAvailableError,
     NotLeaderForPartitionError,
     TopicAlreadyExistsError,
+    UnsupportedCodecError,
 )
 from aiokafka.partitioner import murmur2
 from twisted.logger import Logger
@@ -648,6 +650,11 @@ class Bus:
         while True:
             try:
                 batches = await consumer.getmany(timeout_ms=1000, max_records=_COMMANDS_PER_TURN)
+            except (UnsupportedCodecError, CorruptRecordException) as e:
+                # A batch no retry can read (a codec this node lacks, a bad CRC) would
+                # stop commands for every call: step over it, one offset at a time.
+                await self._skip_unreadable(consumer, e)
+                continue
             except KafkaError as e:
                 log.error("command consumer: {err!r}; retrying", err=e)
                 await asyncio.sleep(1)
@@ -660,6 +667,15 @@ class Bus:
             # a bot's burst of thousands of commands would otherwise hold every
             # call's audio for as long as it takes to handle them all.
             await asyncio.sleep(0)
+
+    async def _skip_unreadable(self, consumer: AIOKafkaConsumer, err: KafkaError) -> None:
+        tp = TopicPartition(self._c.commands_topic, 0)
+        offset = await consumer.position(tp)
+        consumer.seek(tp, offset + 1)
+        self._metrics.commands.labels("unreadable").inc()
+        log.error("command at offset {offset} of {topic} cannot be read ({err!r}); skipped: "
+                  "its call, unknown, gets no command_rejected", offset=offset,
+                  topic=self._c.commands_topic, err=err)
 
     def _dispatch(self, value: bytes | None, now: float) -> None:
         try:
