@@ -6,6 +6,7 @@ BIN := $(VENV)/bin
 PROTOC := $(BIN)/python -m grpc_tools.protoc
 
 .PHONY: install dev test proto proto-check lint clean bench-report
+.PHONY: proto-lint proto-breaking proto-release go-bot-proto go-bot-proto-check
 
 # The runtime package, and beside it the bench tooling: its own project (bench/,
 # import name kgw_bench) so the runtime wheel never carries it; the bench extra
@@ -33,6 +34,37 @@ proto: $(BIN)/knowlarity-gateway
 proto-check: proto
 	git diff --exit-code -- gateway/proto
 	test -z "$$(git status --porcelain -- gateway/proto)"
+
+# buf (lint, breaking-change checks, code generation for other languages), pinned by
+# proto/package-lock.json: npm ci installs exactly the locked version into proto/node_modules.
+BUF := proto/node_modules/.bin/buf
+$(BUF): proto/package.json proto/package-lock.json
+	cd proto && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# buf's STANDARD rules; see proto/buf.yaml.
+proto-lint: $(BUF)
+	cd proto && node_modules/.bin/buf lint
+
+# The schemas must stay compatible on the wire and in JSON with the last released ones.
+proto-breaking: $(BUF)
+	cd proto && node_modules/.bin/buf breaking --against released/v1.binpb
+
+# Cut a release: at the commit being released (lint and breaking checks green), run
+# `make proto-release` and commit proto/released/v1.binpb with it. From then on
+# proto-breaking holds every change to that release. The image carries no source info
+# (comments, line numbers): only what compatibility depends on.
+proto-release: $(BUF)
+	cd proto && node_modules/.bin/buf build --exclude-source-info -o released/v1.binpb
+
+# The Go example bot's generated code (examples/go-echo-bot/gen), from proto/ by buf and
+# protoc-gen-go at the version the example's go.mod pins (`go tool protoc-gen-go`).
+go-bot-proto: $(BUF)
+	cd examples/go-echo-bot && ../../$(BUF) generate
+
+go-bot-proto-check: go-bot-proto
+	git diff --exit-code -- examples/go-echo-bot/gen
+	test -z "$$(git status --porcelain -- examples/go-echo-bot/gen)"
 
 lint: $(BIN)/knowlarity-gateway
 	$(BIN)/ruff check .

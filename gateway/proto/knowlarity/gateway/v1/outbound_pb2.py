@@ -24,13 +24,14 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$knowlarity/gateway/v1/outbound.proto\x12\x15knowlarity.gateway.v1\"\xf5\x01\n\x0eOutboundRecord\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0csent_unix_us\x18\x03 \x01(\x03\x12\x31\n\x05\x61udio\x18\n \x01(\x0b\x32 .knowlarity.gateway.v1.AudioSentH\x00\x12\x35\n\x07\x63ontrol\x18\x0b \x01(\x0b\x32\".knowlarity.gateway.v1.ControlSentH\x00\x12\x39\n\x07\x64ropped\x18\x0c \x01(\x0b\x32&.knowlarity.gateway.v1.OutboundDroppedH\x00\x42\x06\n\x04\x62ody\"7\n\x0fOutboundDropped\x12\x0f\n\x07records\x18\x01 \x01(\x04\x12\x13\n\x0b\x61udio_clips\x18\x02 \x01(\x04\"M\n\tAudioSent\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x1e\n\x16media_position_samples\x18\x03 \x01(\x04\"N\n\x0b\x43ontrolSent\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".knowlarity.gateway.v1.ControlKind\x12\r\n\x05\x66rame\x18\x02 \x01(\t*}\n\x0b\x43ontrolKind\x12\x1c\n\x18\x43ONTROL_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONTROL_KIND_HANG_UP\x10\x01\x12\x19\n\x15\x43ONTROL_KIND_TRANSFER\x10\x02\x12\x1b\n\x17\x43ONTROL_KIND_KILL_AUDIO\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$knowlarity/gateway/v1/outbound.proto\x12\x15knowlarity.gateway.v1\"\xf5\x01\n\x0eOutboundRecord\x12\x0f\n\x07\x63\x61ll_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x14\n\x0csent_unix_us\x18\x03 \x01(\x03\x12\x31\n\x05\x61udio\x18\n \x01(\x0b\x32 .knowlarity.gateway.v1.AudioSentH\x00\x12\x35\n\x07\x63ontrol\x18\x0b \x01(\x0b\x32\".knowlarity.gateway.v1.ControlSentH\x00\x12\x39\n\x07\x64ropped\x18\x0c \x01(\x0b\x32&.knowlarity.gateway.v1.OutboundDroppedH\x00\x42\x06\n\x04\x62ody\"7\n\x0fOutboundDropped\x12\x0f\n\x07records\x18\x01 \x01(\x04\x12\x13\n\x0b\x61udio_clips\x18\x02 \x01(\x04\"M\n\tAudioSent\x12\x0b\n\x03pcm\x18\x01 \x01(\x0c\x12\x13\n\x0bsample_rate\x18\x02 \x01(\r\x12\x1e\n\x16media_position_samples\x18\x03 \x01(\x04\"N\n\x0b\x43ontrolSent\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".knowlarity.gateway.v1.ControlKind\x12\r\n\x05\x66rame\x18\x02 \x01(\t*}\n\x0b\x43ontrolKind\x12\x1c\n\x18\x43ONTROL_KIND_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONTROL_KIND_HANG_UP\x10\x01\x12\x19\n\x15\x43ONTROL_KIND_TRANSFER\x10\x02\x12\x1b\n\x17\x43ONTROL_KIND_KILL_AUDIO\x10\x03\x42j\n\x19\x63om.knowlarity.gateway.v1P\x01ZKknowlarity-gateway/examples/go-echo-bot/gen/knowlarity/gateway/v1;gatewayv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'knowlarity.gateway.v1.outbound_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
-  DESCRIPTOR._loaded_options = None
+  _globals['DESCRIPTOR']._loaded_options = None
+  _globals['DESCRIPTOR']._serialized_options = b'\n\031com.knowlarity.gateway.v1P\001ZKknowlarity-gateway/examples/go-echo-bot/gen/knowlarity/gateway/v1;gatewayv1'
   _globals['_CONTROLKIND']._serialized_start=527
   _globals['_CONTROLKIND']._serialized_end=652
   _globals['_OUTBOUNDRECORD']._serialized_start=64
