@@ -48,6 +48,22 @@ def nodes_topic(prefix: str) -> str:
     return f"{prefix}.nodes"
 
 
+# Every record the gateway writes names what it is, so kcat, Kafka Connect or any generic
+# consumer can decode it without knowing the topic (a tombstone carries none):
+HEADER_TYPE = "kgw-type"  # the value's protobuf message, fully qualified
+HEADER_SCHEMA = "kgw-schema"  # the schemas' major version: "1" is package knowlarity.gateway.v1
+SCHEMA_VERSION = "1"
+INBOUND_TYPE = "knowlarity.gateway.v1.InboundRecord"  # calls.inbound, calls.state, calls.started
+OUTBOUND_TYPE = "knowlarity.gateway.v1.OutboundRecord"  # calls.outbound
+COMMAND_TYPE = "knowlarity.gateway.v1.Command"  # calls.commands.<node>
+NODE_RECORD_TYPE = "knowlarity.gateway.v1.NodeRecord"  # nodes
+
+
+def type_headers(message_type: str) -> list[tuple[str, bytes]]:
+    """The headers that name a record's message type and schema version."""
+    return [(HEADER_TYPE, message_type.encode()), (HEADER_SCHEMA, SCHEMA_VERSION.encode())]
+
+
 # Headers of every inbound record of a call, and of its state record (UTF-8 values), so
 # that a bot that never saw the call's started record can still answer it:
 HEADER_REPLY_TOPIC = "kgw-reply-topic"  # where the call's commands go (its node's commands topic)
@@ -56,7 +72,8 @@ HEADER_NODE_ID = "kgw-node-id"  # the node that holds the call's socket
 
 
 def call_headers(reply_topic: str, sample_rate: int, node_id: str) -> list[tuple[str, bytes]]:
-    """The headers of one call's records, as Kafka clients take them: (name, value) pairs."""
-    return [(HEADER_REPLY_TOPIC, reply_topic.encode()),
+    """The headers of one call's inbound records, as Kafka clients take them: (name, value)
+    pairs, its type first."""
+    return [*type_headers(INBOUND_TYPE), (HEADER_REPLY_TOPIC, reply_topic.encode()),
             (HEADER_SAMPLE_RATE, str(sample_rate).encode()),
             (HEADER_NODE_ID, node_id.encode())]

@@ -39,8 +39,11 @@ STARTED = topics.started_topic(PREFIX)
 
 def expected_headers(rate: int, node_id: str = "n7", reply: str = CONFIG.commands_topic
                      ) -> list[tuple[str, bytes]]:
-    return [("kgw-reply-topic", reply.encode()), ("kgw-sample-rate", str(rate).encode()),
-            ("kgw-node-id", node_id.encode())]
+    return [*INBOUND_TYPE, ("kgw-reply-topic", reply.encode()),
+            ("kgw-sample-rate", str(rate).encode()), ("kgw-node-id", node_id.encode())]
+
+
+INBOUND_TYPE = [("kgw-type", b"knowlarity.gateway.v1.InboundRecord"), ("kgw-schema", b"1")]
 
 
 def test_the_header_names_are_the_contract() -> None:
@@ -49,7 +52,27 @@ def test_the_header_names_are_the_contract() -> None:
         "kgw-reply-topic", "kgw-sample-rate", "kgw-node-id")
     assert topics.state_topic("kgw") == "kgw.calls.state"
     assert topics.call_headers("a.b", 16000, "n1") == [
-        ("kgw-reply-topic", b"a.b"), ("kgw-sample-rate", b"16000"), ("kgw-node-id", b"n1")]
+        *INBOUND_TYPE, ("kgw-reply-topic", b"a.b"), ("kgw-sample-rate", b"16000"),
+        ("kgw-node-id", b"n1")]
+
+
+def test_every_record_names_its_message_type_as_the_schemas_spell_it() -> None:
+    """The type headers are the protobuf messages' full names, schema major version 1
+    (the package's v1): a generic consumer decodes by them."""
+    from gateway.proto.knowlarity.gateway.v1 import (
+        command_pb2,
+        inbound_pb2,
+        nodes_pb2,
+        outbound_pb2,
+    )
+
+    assert (topics.HEADER_TYPE, topics.HEADER_SCHEMA) == ("kgw-type", "kgw-schema")
+    assert [topics.INBOUND_TYPE, topics.OUTBOUND_TYPE, topics.COMMAND_TYPE,
+            topics.NODE_RECORD_TYPE] == [
+        inbound_pb2.InboundRecord.DESCRIPTOR.full_name,
+        outbound_pb2.OutboundRecord.DESCRIPTOR.full_name,
+        command_pb2.Command.DESCRIPTOR.full_name, nodes_pb2.NodeRecord.DESCRIPTOR.full_name]
+    assert inbound_pb2.DESCRIPTOR.package == f"knowlarity.gateway.v{topics.SCHEMA_VERSION}"
 
 
 # --- the bus, no broker ---------------------------------------------------------------
@@ -110,7 +133,8 @@ def test_every_inbound_record_of_a_call_carries_the_calls_headers() -> None:
     inbound = on(INBOUND, entries)
     assert [e.record_seq for e in inbound] == list(range(6))
     assert all(e.headers.pairs == expected_headers(8000) for e in inbound)
-    assert [e.headers.pairs for e in on(OUTBOUND, entries)] == [[]]
+    assert [e.headers.pairs for e in on(OUTBOUND, entries)] == [
+        [("kgw-type", b"knowlarity.gateway.v1.OutboundRecord"), ("kgw-schema", b"1")]]
 
 
 def test_the_bus_knows_a_calls_headers_from_its_start_to_its_end_only() -> None:
@@ -135,7 +159,7 @@ def test_the_bus_knows_a_calls_headers_from_its_start_to_its_end_only() -> None:
     assert heads[("a", 0)] == heads[("a", 1)] == expected_headers(8000)
     assert heads[("a", 2)] == heads[("a", 3)] == expected_headers(48000)
     assert heads[("b", 0)] == heads[("b", 1)] == expected_headers(16000)
-    assert heads[("never-started", 0)] == []
+    assert heads[("never-started", 0)] == INBOUND_TYPE
     bus.publish(again.ended())
     bus.publish(b.ended())
     assert bus.live_calls == 0

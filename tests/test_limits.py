@@ -111,13 +111,17 @@ def test_the_outage_figure_counts_the_headers_of_every_inbound_record() -> None:
     """Each caller record is charged the call's headers: a longer node id (in the reply
     topic and in kgw-node-id) costs the buffer more per call-second; bot audio has none."""
     base = limits.call_buffer_bytes_per_s(D)
-    assert base == 50 * (640 + 70 + 320 + len("kgw-reply-topic") + len(D.commands_topic)
-                         + len("kgw-sample-rate") + len("16000") + len("kgw-node-id")
-                         + len(D.node_id))
+    inbound_type = len("kgw-type") + len("knowlarity.gateway.v1.InboundRecord")
+    outbound_type = len("kgw-type") + len("knowlarity.gateway.v1.OutboundRecord")
+    schema = len("kgw-schema") + len("1")
+    assert base == 50 * (640 + 70 + 320 + inbound_type + schema + len("kgw-reply-topic")
+                         + len(D.commands_topic) + len("kgw-sample-rate") + len("16000")
+                         + len("kgw-node-id") + len(D.node_id))
     longer = replace(D, node_id="n" * 40)
     assert limits.call_buffer_bytes_per_s(longer) - base == 50 * 2 * (40 - len(D.node_id))
     assert limits.outage_carried_s(longer, 100) < limits.outage_carried_s(D, 100)
-    assert limits.call_buffer_bytes_per_s(D, talking_bot=True) == base + 50 * (640 + 70 + 320)
+    assert limits.call_buffer_bytes_per_s(D, talking_bot=True) == base + 50 * (
+        640 + 70 + 320 + outbound_type + schema)
 
 
 def test_every_term_names_its_formula() -> None:

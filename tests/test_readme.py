@@ -180,3 +180,14 @@ def test_layout_table_covers_every_module_of_the_package() -> None:
                if not p.name.startswith(("_", ".")) and p.name != "proto"
                and (p.suffix == ".py" or p.is_dir()) and p.name.removesuffix(".py") not in text]
     assert not missing, f"not in the README's layout table: {missing}"
+
+
+def test_every_record_header_is_documented() -> None:
+    """Each header name and message type in gateway.topics is in the README's tables."""
+    from gateway import topics
+
+    names = [v for k, v in vars(topics).items() if k.startswith("HEADER_")]
+    types = [v for k, v in vars(topics).items() if k.endswith("_TYPE") and k != "HEADER_TYPE"]
+    assert len(names) == 5 and len(types) == 4
+    for value in (*names, *types):
+        assert f"`{value}`" in README, value

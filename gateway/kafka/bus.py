@@ -73,6 +73,10 @@ from gateway.ops.metrics import Metrics
 
 log = Logger()
 
+# Records of no known call (an end with no start, outbound audio) still name their type.
+_INBOUND_HEADERS = Headers(topics.type_headers(topics.INBOUND_TYPE))
+_OUTBOUND_HEADERS = Headers(topics.type_headers(topics.OUTBOUND_TYPE))
+
 # Records one partition's sender takes from the outbox at a time. They stay in
 # the outbox's byte accounting (as in flight) until acknowledged or lost.
 _TAKE = 2000
@@ -391,7 +395,7 @@ class Bus:
                 self._partition(self._state_topic, key))
         else:
             live = self._calls.pop(call_id, None) if ended else self._calls.get(call_id)
-        headers = NO_HEADERS if live is None else live.headers
+        headers = _INBOUND_HEADERS if live is None else live.headers
         self._put(Entry(topic, key, value, call_id, rec.record_seq,
                         isinstance(body, m.CallerAudio), self._partition(topic, key),
                         precious=started or ended, ends_call=ended, headers=headers))
@@ -425,7 +429,7 @@ class Bus:
         key = rec.call_id.encode()
         value = records.encode_outbound(rec, self._node_id, wall_offset(self._clock))
         self._put(Entry(topic, key, value, rec.call_id, is_audio=isinstance(rec.body, m.AudioSent),
-                        partition=self._partition(topic, key)))
+                        partition=self._partition(topic, key), headers=_OUTBOUND_HEADERS))
 
     def _put(self, entry: Entry) -> None:
         dropped = self.outbox.put(entry, time.monotonic())

@@ -31,6 +31,10 @@ from gateway.lease import rules as ls
 
 log = Logger()
 
+_NODE_HEADERS = topics.type_headers(topics.NODE_RECORD_TYPE)
+# A NODE_LOST end names its type; the call's own headers died with its node.
+_INBOUND_HEADERS = topics.type_headers(topics.INBOUND_TYPE)
+
 # How often ended calls are checked for delivery while some are listed.
 _ENDING_POLL_S = 0.2
 # Exit status of a node fenced by a peer's claim (EX_TEMPFAIL).
@@ -177,7 +181,7 @@ class LeaseKeeper:
         assert self._producer is not None
         return await self._producer.send_and_wait(
             self.topic, records.encode_node_record(rec), key=ls.key_of(rec).encode(),
-            partition=0)
+            partition=0, headers=_NODE_HEADERS)
 
     async def _write_lease(self, closed: bool = False) -> None:
         self._seq += 1
@@ -308,7 +312,7 @@ class LeaseKeeper:
             ends = ls.lost_ends(claim, time.time())
             futures = [await self._producer.send(
                 self.inbound_topic, records.encode_inbound(rec, lease.node_id),
-                key=rec.call_id.encode()) for rec in ends]
+                key=rec.call_id.encode(), headers=_INBOUND_HEADERS) for rec in ends]
             await asyncio.gather(*futures)
             await self._tombstone([rec.call_id for rec in ends])
             await self._send(ls.settlement(claim, _wall_us()))

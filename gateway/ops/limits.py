@@ -382,10 +382,13 @@ AUDIO_RECORD_BYTES = 640 + 70 + RECORD_OVERHEAD_BYTES
 
 def call_buffer_bytes_per_s(c: NodeConfig, talking_bot: bool = False) -> int:
     """What one 16 kHz call costs the buffer per second while Kafka is away: 50 caller
-    records, each with the call's headers (reply topic, sample rate, node id); a silent
-    bot adds nothing, a talking one its outbound audit records (no headers)."""
+    records, each with the call's headers (type, schema, reply topic, sample rate, node
+    id); a silent bot adds nothing, a talking one its outbound audit records (type and
+    schema headers only)."""
     headers = Headers(topics.call_headers(c.commands_topic, 16000, c.node_id)).nbytes
-    return 50 * (AUDIO_RECORD_BYTES + headers) + (50 * AUDIO_RECORD_BYTES if talking_bot else 0)
+    outbound = Headers(topics.type_headers(topics.OUTBOUND_TYPE)).nbytes
+    bot = 50 * (AUDIO_RECORD_BYTES + outbound) if talking_bot else 0
+    return 50 * (AUDIO_RECORD_BYTES + headers) + bot
 
 
 def outage_carried_s(c: NodeConfig, calls: int, talking_bots: bool = False) -> float:

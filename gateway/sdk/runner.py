@@ -21,7 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import IllegalStateError, KafkaError
 
-from gateway import records
+from gateway import records, topics
 from gateway.core import model as m
 from gateway.kafka_access import probe, target
 from gateway.sdk.calls import Calls, Handler, Stats
@@ -29,6 +29,8 @@ from gateway.sdk.offsets import PartitionOffsets
 from gateway.sdk.settings import BotSettings
 
 log = logging.getLogger(__name__)
+
+_COMMAND_HEADERS = topics.type_headers(topics.COMMAND_TYPE)
 
 POLL_MS = 100
 STATE_READ_TIMEOUT_S = 10.0
@@ -91,7 +93,7 @@ class _Runner:
             # Enqueues in the producer's batch (waits only if its buffer is full);
             # one call's commands keep their order (one producer, one partition).
             fut = await self.producer.send(call.info.reply_topic, value,
-                                           key=cmd.call_id.encode())
+                                           key=cmd.call_id.encode(), headers=_COMMAND_HEADERS)
         except KafkaError as e:
             self._send_failed(cmd, e)
             return

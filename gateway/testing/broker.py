@@ -152,7 +152,8 @@ class CommandSender:
     async def send(self, reply_topic: str, call_id: str, body: m.CommandBody) -> None:
         cmd = m.Command(call_id=call_id, body=body, sent_at=time.time())
         await self._producer.send_and_wait(reply_topic, records.encode_command(cmd),
-                                           key=call_id.encode())
+                                           key=call_id.encode(),
+                                           headers=topics.type_headers(topics.COMMAND_TYPE))
 
     async def stop(self) -> None:
         await self._producer.stop()
