@@ -240,7 +240,7 @@ def test_every_setting_lands_at_its_path_in_the_config():
            "kafka_sasl_username": "u", "kafka_sasl_password_file": "/p",
            "kafka_oauth_token_file": "/t", "kafka_ssl_ca_file": "/ca",
            "kafka_ssl_cert_file": "/c", "kafka_ssl_key_file": "/k",
-           "kafka_ssl_key_password_file": "/kp"}
+           "kafka_ssl_key_password_file": "/kp", "compression": "lz4"}
     for s in NODE_SETTINGS:
         if s.name in ("node_id", "auth_token_file"):
             continue

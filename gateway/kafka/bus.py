@@ -108,6 +108,10 @@ _START_LOG_EVERY_S = 30.0
 _STATE_TOPIC_CONFIGS = {"cleanup.policy": "compact", "segment.ms": str(3600 * 1000)}
 
 
+def _ms(hours: float) -> str:
+    return str(int(hours * 3600 * 1000))
+
+
 async def ensure_topics(kafka: Target, specs: list[tuple[str, int, int]],
                         configs: dict[str, str] | None = None) -> None:
     """Create (name, partitions, replication) topics that do not exist yet."""
@@ -241,16 +245,19 @@ class Bus:
         configs = {"min.insync.replicas": str(c.min_insync_replicas)} \
             if c.min_insync_replicas > 1 else {}
         kafka = target(c.kafka, c.kafka_access)
+        audio = {**configs, "retention.ms": _ms(c.audio_retention_h)}
         await ensure_topics(kafka, [
             (c.inbound_topic, c.inbound_partitions, c.replication_factor),
             (c.outbound_topic, c.inbound_partitions, c.replication_factor),
-            # One partition: a node's commands stay in the order bots sent them.
-            (c.commands_topic, 1, c.replication_factor),
-        ], configs)
+        ], audio)
+        # One partition: a node's commands stay in the order bots sent them.
+        await ensure_topics(kafka, [(c.commands_topic, 1, c.replication_factor)],
+                            {**configs, "retention.ms": _ms(c.commands_retention_h)})
         self._producer = AIOKafkaProducer(
             **kafka,
             acks="all",
             enable_idempotence=True,
+            compression_type=None if c.compression == "none" else c.compression,
             linger_ms=c.linger_ms,
             max_batch_size=_BATCH_BYTES,
             # Fresh metadata: a new leader, or a topic whose partitions changed,
@@ -268,7 +275,7 @@ class Bus:
                             {**configs, **_STATE_TOPIC_CONFIGS})
         await self._count_partitions(self._state_topic)
         await ensure_topics(kafka, [(self._started_topic, inbound, c.replication_factor)],
-                            configs)
+                            audio)
         await self._count_partitions(self._started_topic)
         if self._partition_counts[self._state_topic] != inbound:
             log.error("topic {state} has {n} partitions, {inbound} has {m}: bots that join "
