@@ -67,12 +67,29 @@ def _networks(text: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
 
 COMPRESSIONS = ("none", "gzip", "snappy", "lz4", "zstd")
 
+
+def _endpoint(text: str) -> str:
+    """A Twisted server endpoint string, parsed now (an ssl: key file is read) so that a
+    typo fails at start naming the setting, not when the node listens."""
+    from twisted.internet.endpoints import serverFromString  # installs no reactor
+
+    try:
+        serverFromString(_NO_REACTOR, text)
+    except (ValueError, TypeError, KeyError, OSError) as e:
+        raise ValueError(f"{text!r} is not a Twisted server endpoint: {e}") from None
+    return text
+
+
+# Parsing an endpoint string only stores the reactor; nothing is called on it.
+_NO_REACTOR = object()
+
 # Each setting once: flag and variable, help, parser, and where it goes in NodeConfig.
 # Defaults come from the config classes themselves (None), except where the
 # default is not a config value (the host name, a file to read).
 _DECLARED: tuple[Setting, ...] = (
     Setting("listen", "KGW_LISTEN", None,
-            "Twisted endpoint the provider connects to (e.g. tcp:8080, ssl:8443:privateKey=...)"),
+            "Twisted endpoint the provider connects to (e.g. tcp:8080, ssl:8443:privateKey=..., "
+            "haproxy:tcp:8080 behind a PROXY-protocol load balancer)", _endpoint),
     KAFKA,
     *nested(ACCESS_SETTINGS, "kafka_access"),
     Setting("node_id", "KGW_NODE_ID", "",
@@ -94,7 +111,8 @@ _DECLARED: tuple[Setting, ...] = (
             "with neither a token nor --allow-from, accept sockets from any address (otherwise "
             "loopback only)", boolean),
     Setting("metrics_listen", "KGW_METRICS_LISTEN", None,
-            "endpoint for /metrics, /healthz and /readyz; empty to disable"),
+            "endpoint for /metrics, /healthz and /readyz; empty to disable",
+            lambda text: _endpoint(text) if text.strip() else ""),
     Setting("max_frame_bytes", "KGW_MAX_FRAME_BYTES", None,
             "largest frame or message accepted from the provider (closed with 1009 above)",
             positive(int)),

@@ -262,3 +262,21 @@ def test_every_setting_lands_at_its_path_in_the_config():
             env["KGW_MAX_WRITE_BUFFER_BYTES"] = str(64 * 1024 * 1024)
         changed = _config([], env)
         assert operator.attrgetter(s.target)(changed) != current, s.name
+
+
+@pytest.mark.parametrize(("flag", "value", "words"), [
+    ("--listen", "tcp:abc", "is not a Twisted server endpoint"),
+    ("--listen", "tpc:8080", "Unknown endpoint type"),
+    ("--listen", "ssl:8443:privateKey=/nonexistent/key.pem", "No such file"),
+    ("--metrics-listen", "unix", "is not a Twisted server endpoint"),
+])
+def test_a_bad_endpoint_fails_when_settings_are_read_naming_the_flag(
+        flag: str, value: str, words: str) -> None:
+    with pytest.raises(SettingError, match=f"{flag} / .*{words}"):
+        _config([flag, value], dict(NODE))
+
+
+def test_good_endpoints_and_an_empty_metrics_endpoint_are_taken() -> None:
+    c = _config(["--listen", "haproxy:tcp:8080:interface=127.0.0.1", "--metrics-listen", ""],
+                dict(NODE))
+    assert (c.listen, c.metrics_listen) == ("haproxy:tcp:8080:interface=127.0.0.1", "")

@@ -27,6 +27,8 @@ from test_server import (
     pcm,
 )
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
 from twisted.logger import formatEvent, globalLogPublisher
 
 from gateway.config import NodeConfig
@@ -82,6 +84,37 @@ def test_loopback_default_holds_for_ipv6(make_node: Callable[..., Node], host: s
                                          accepted: bool) -> None:
     """IPv6 loopback and IPv4-mapped loopback are loopback; other IPv6 peers are not."""
     assert _accepts(make_node(), host, v6=True) is accepted
+
+
+@pytest.mark.parametrize(("source", "accepted"), [("203.0.113.7", True), ("192.0.2.9", False)])
+def test_behind_a_proxy_the_allow_list_applies_to_the_proxied_address(
+        make_node: Callable[..., Node], source: str, accepted: bool) -> None:
+    """``haproxy:`` endpoints: the balancer's own address (10.0.0.2, not on the list) is
+    let through at accept; the PROXY header's source then decides, before the upgrade
+    request is read, and the refusal is counted like one at accept."""
+    import ipaddress
+
+    from twisted.internet.testing import StringTransport
+    from twisted.protocols.haproxy._wrapper import HAProxyWrappingFactory
+
+    node = make_node(NodeConfig(listen="haproxy:tcp:8080",
+                                allow_from=(ipaddress.ip_network("203.0.113.0/24"),)))
+    wrapper = HAProxyWrappingFactory(node.factory).buildProtocol(
+        IPv4Address("TCP", "10.0.0.2", 40000))
+    assert wrapper is not None
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "10.0.0.2", 40000))
+    wrapper.makeConnection(transport)
+    wrapper.dataReceived(f"PROXY TCP4 {source} 10.0.0.1 5555 8080\r\n".encode()
+                         + _raw_request(DOC_PATH, b"\r\n"))
+    answer = transport.value()
+    if accepted:
+        assert answer.startswith(b"HTTP/1.1 101"), answer[:80]
+        assert wrapper.wrappedProtocol.peer == f"tcp4:{source}:5555"
+    else:
+        assert answer == b"" and transport.disconnecting
+        assert metric(node, "kgw_sockets_refused_total", why="address not allowed") == 1
+    wrapper.connectionLost(Failure(ConnectionDone()))
+    assert node.factory.connections == 0
 
 
 # --- before the handshake completes ----------------------------------------------------

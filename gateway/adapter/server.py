@@ -18,6 +18,7 @@ import ipaddress
 import uuid
 from typing import Any, Protocol
 
+from autobahn.twisted.util import peer2str
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.util import encode_truncate
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
@@ -94,6 +95,9 @@ class ProviderProtocol(WebSocketServerProtocol):
     call: Call | None = None
     _request_refused = False
     _counted = False
+    # Behind a PROXY-protocol load balancer (``haproxy:`` endpoints): the caller's address
+    # is known only once the PROXY header is read, just before the first request byte.
+    _check_peer = False
 
     # --- before the handshake ------------------------------------------------
 
@@ -101,6 +105,8 @@ class ProviderProtocol(WebSocketServerProtocol):
         """Autobahn buffers the upgrade request without a bound and rescans it on every
         read; refuse it once it passes ``max_request_bytes`` without ending."""
         if self._request_refused:
+            return
+        if self._check_peer and not self._peer_allowed():
             return
         if self.state == self.STATE_CONNECTING:
             limit = self.factory.config.max_request_bytes
@@ -112,6 +118,20 @@ class ProviderProtocol(WebSocketServerProtocol):
                 self.transport.loseConnection()
                 return
         super().dataReceived(data)
+
+    def _peer_allowed(self) -> bool:
+        """The allow-list on the proxied address (the PROXY header's source)."""
+        self._check_peer = False
+        addr = self.transport.getPeer()
+        self.peer = peer2str(self.transport)  # Autobahn took the balancer's at connectionMade
+        if _allowed(addr, self.factory.allowed_networks):
+            return True
+        self._request_refused = True
+        self.factory.metrics.sockets_refused.labels("address not allowed").inc()
+        log.warn("refused connection from {peer} (through the load balancer): address not "
+                 "allowed", peer=printable(str(getattr(addr, "host", addr))))
+        self.transport.abortConnection()
+        return False
 
     def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
         if self._counted:
@@ -318,7 +338,10 @@ class ProviderFactory(WebSocketServerFactory):
             self._batched_timer = _ClockTimer(handshake_clock)
         self.connections = 0
         c = config
-        self._networks = c.allowed_networks
+        self.allowed_networks = c.allowed_networks
+        # haproxy:...: the address at accept is the balancer's; the list applies to the
+        # proxied one, checked by the protocol when the PROXY header has been read.
+        self._behind_proxy = c.listen.startswith("haproxy:")
         self.setProtocolOptions(
             maxFramePayloadSize=c.max_frame_bytes,
             maxMessagePayloadSize=c.max_frame_bytes,
@@ -341,7 +364,8 @@ class ProviderFactory(WebSocketServerFactory):
         """At TCP accept, before any byte is read: the allow-list and the connection cap.
         Returning None makes Twisted close the connection at once."""
         metrics = self.metrics
-        if self._networks and not _allowed(addr, self._networks):
+        networks = self.allowed_networks
+        if networks and not self._behind_proxy and not _allowed(addr, networks):
             metrics.sockets_refused.labels("address not allowed").inc()
             log.warn("refused connection from {peer}: address not allowed",
                      peer=printable(str(getattr(addr, "host", addr))))
@@ -353,6 +377,7 @@ class ProviderFactory(WebSocketServerFactory):
         proto = super().buildProtocol(addr)
         assert isinstance(proto, ProviderProtocol)
         proto._counted = True
+        proto._check_peer = self._behind_proxy and bool(networks)
         self.connections += 1
         return proto
 
