@@ -308,8 +308,8 @@ async def topic_config(bootstrap: str, topic: str) -> dict[str, str]:
 
 
 def headers_ok(reader: Any, call_id: str, node_id: str, reply: str, rate: int) -> None:
-    want = {"kgw-reply-topic": reply.encode(), "kgw-sample-rate": str(rate).encode(),
-            "kgw-node-id": node_id.encode()}
+    want = {**dict(INBOUND_TYPE), "kgw-reply-topic": reply.encode(),
+            "kgw-sample-rate": str(rate).encode(), "kgw-node-id": node_id.encode()}
     for rec, headers in zip(reader.by_call[call_id], reader.headers_by_call[call_id],
                             strict=True):
         assert headers == want, (rec.WhichOneof("body"), headers)
