@@ -5,28 +5,38 @@ BIN := $(VENV)/bin
 # Pinned in setup.cfg [dev]; generated files must match byte for byte.
 PROTOC := $(BIN)/python -m grpc_tools.protoc
 
-.PHONY: install dev test proto proto-check lint clean bench-report
+.PHONY: install dev test kafka-jars proto proto-check lint clean bench-report
 .PHONY: proto-lint proto-breaking proto-release go-bot-proto go-bot-proto-check
 
-# The runtime package, and beside it the bench tooling: its own project (bench/,
-# import name kgw_bench) so the runtime wheel never carries it; the bench extra
-# holds its third-party dependencies.
-$(BIN)/knowlarity-gateway: setup.cfg pyproject.toml bench/pyproject.toml
+# What running needs (make dev): the runtime package alone, installed with pip's own
+# progress, then the broker's jars (Maven's downloads shown the first time only).
+$(BIN)/knowlarity-gateway: setup.cfg pyproject.toml
+	@echo "== a virtualenv in $(VENV), the gateway and what it needs to run (pip)"
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,bench]' -e ./bench
+	$(BIN)/pip install --upgrade pip
+	$(BIN)/pip install -e .
 	touch $@
 
-install: $(BIN)/knowlarity-gateway
-	$(BIN)/python -m gateway.localkafka fetch
+# What developing needs (make install, make test): test, lint and codegen tools, and
+# the bench tooling, its own project (bench/, import name kgw_bench) so the runtime
+# wheel never carries it; the bench extra holds its third-party dependencies.
+$(VENV)/.dev-tools: $(BIN)/knowlarity-gateway setup.cfg bench/pyproject.toml
+	@echo "== test, lint, codegen and bench tools (pip)"
+	$(BIN)/pip install -e '.[dev,codegen,bench]' -e ./bench
+	touch $@
 
-dev: install
+kafka-jars: $(BIN)/knowlarity-gateway
+	@$(BIN)/python -m gateway.localkafka fetch --verbose
+
+install: $(VENV)/.dev-tools kafka-jars
+
+dev: $(BIN)/knowlarity-gateway kafka-jars
 	$(BIN)/knowlarity-gateway dev
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-proto: $(BIN)/knowlarity-gateway
+proto: $(VENV)/.dev-tools
 	rm -f gateway/proto/knowlarity/gateway/v1/*_pb2.py*
 	$(PROTOC) -Iproto --python_out=gateway/proto --pyi_out=gateway/proto \
 		proto/knowlarity/gateway/v1/*.proto
@@ -66,7 +76,7 @@ go-bot-proto-check: go-bot-proto
 	git diff --exit-code -- examples/go-echo-bot/gen
 	test -z "$$(git status --porcelain -- examples/go-echo-bot/gen)"
 
-lint: $(BIN)/knowlarity-gateway
+lint: $(VENV)/.dev-tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 

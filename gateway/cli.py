@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+from gateway import version
 from gateway.settings import Setting, SettingError
 
 
@@ -108,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="knowlarity-gateway",
         description="Knowlarity call-audio WebSockets <-> Apache Kafka gateway",
     )
+    parser.add_argument("--version", action="version",
+                        version=f"knowlarity-gateway {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run a gateway node")

@@ -8,6 +8,7 @@ broker included.
 from __future__ import annotations
 
 import argparse
+import shutil
 import signal
 import socket
 import sys
@@ -94,7 +95,10 @@ def _child(name: str, argv: list[str], watch: Callable[[str], None] | None = Non
 
 
 def _wait(what: str, ok: Callable[[], bool], children: list[Child], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+    """Wait for ``what``, saying so, and how long it took."""
+    print(f"waiting for {what} ...", flush=True)
+    began = time.monotonic()
+    deadline = began + timeout
     while not ok():
         for c in children:
             if not c.alive():
@@ -103,6 +107,22 @@ def _wait(what: str, ok: Callable[[], bool], children: list[Child], timeout: flo
         if time.monotonic() > deadline:
             raise RuntimeError(f"timed out waiting for {what}")
         time.sleep(0.2)
+    print(f"  {what}: ready in {time.monotonic() - began:.1f} s", flush=True)
+
+
+def command_hint() -> str:
+    """``knowlarity-gateway`` as the user can type it here: the bare name if the shell
+    finds this very install, else its path (``.venv/bin/knowlarity-gateway``)."""
+    script = Path(sys.executable).parent / "knowlarity-gateway"
+    found = shutil.which("knowlarity-gateway")
+    if found and Path(found).resolve() == script.resolve():
+        return "knowlarity-gateway"
+    if not script.exists():
+        return f"{sys.executable} -m gateway"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 def http_ready(url: str) -> bool:
@@ -133,7 +153,9 @@ def _run(settings: DevSettings) -> int:
     try:
         print("starting Kafka (the first run downloads its jars from Maven Central) ...",
               flush=True)
+        began = time.monotonic()
         bootstrap = kafka.start()
+        print(f"  Kafka at {bootstrap}: ready in {time.monotonic() - began:.1f} s", flush=True)
         ws_port, metrics_port = _port(settings.port), _port(settings.metrics_port)
         py = [sys.executable, "-m", "gateway"]
         node = _child("gateway", py + [
@@ -143,20 +165,20 @@ def _run(settings: DevSettings) -> int:
             "--drain-timeout-s", "2",
         ])
         children.append(node)
-        _wait("the gateway", lambda: http_ready(f"http://127.0.0.1:{metrics_port}/readyz"),
-              children, 90)
+        _wait(f"the gateway to answer http://127.0.0.1:{metrics_port}/readyz",
+              lambda: http_ready(f"http://127.0.0.1:{metrics_port}/readyz"), children, 90)
         if settings.bot:
             bot_ready = threading.Event()
             bot = _child("bot", py + ["bot", "echo", "--kafka", bootstrap,
                                       "--topic-prefix", settings.topic_prefix],
                          watch=lambda line: BOT_READY_MARK in line and bot_ready.set())
             children.append(bot)
-            _wait("the echo bot", bot_ready.is_set, children, 90)
+            _wait("the echo bot to hold its partitions", bot_ready.is_set, children, 90)
         url = f"ws://127.0.0.1:{ws_port}{DEFAULT_PATH}"
         print(url)
         print(f"kafka: {bootstrap}")
         print(f"metrics: http://127.0.0.1:{metrics_port}/metrics")
-        print(f"place a call:  knowlarity-gateway simulate --url {url} --calls 3 --seconds 5",
+        print(f"place a call:  {command_hint()} simulate --url {url} --calls 3 --seconds 5",
               flush=True)
         while not stop.wait(0.5):
             for c in children:

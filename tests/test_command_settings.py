@@ -142,3 +142,18 @@ def test_simulate_settings_land_in_the_call_options() -> None:
                   _parse("simulate", ["--seconds", "3", "--subprotocols", "a, b"]),
                   {"KGW_SIM_TO": "+910000000000"})
     assert (s.call.seconds, s.call.subprotocols, s.call.to) == (3.0, ("a", "b"), "+910000000000")
+
+
+def test_version_is_the_distribution_s(capsys: pytest.CaptureFixture[str]) -> None:
+    """``knowlarity-gateway --version`` names the version setup.cfg declares."""
+    import configparser
+    from pathlib import Path
+
+    from gateway.cli import main
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).parent.parent / "setup.cfg")
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"knowlarity-gateway {cfg['metadata']['version']}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import queue
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -39,9 +41,9 @@ def test_dev_serves_three_simulated_calls_and_stops_cleanly() -> None:
     seen: list[str] = []
     try:
         lines = _lines(dev)
-        url = kafka = None
+        url = kafka = hint = None
         deadline = time.monotonic() + 180
-        while url is None or kafka is None:
+        while url is None or kafka is None or hint is None:
             try:
                 line = lines.get(timeout=max(0.1, deadline - time.monotonic())).rstrip("\n")
             except queue.Empty:
@@ -51,10 +53,20 @@ def test_dev_serves_three_simulated_calls_and_stops_cleanly() -> None:
                 url = line
             elif line.startswith("kafka: "):
                 kafka = line.removeprefix("kafka: ")
+            elif line.startswith("place a call:"):
+                hint = line.removeprefix("place a call:").strip()
         assert kafka.startswith("127.0.0.1:")
+        # Each step said what it waited for and how long it took.
+        said = "".join(seen)
+        for step in ("Kafka at", "the gateway to answer", "the echo bot to hold its partitions"):
+            assert re.search(rf"{step}.*: ready in \d+\.\d s", said), said
 
+        # The hint works as typed (here: the command from this checkout's venv).
+        command = shlex.split(hint)
+        assert command[command.index("simulate"):] == [
+            "simulate", "--url", url, "--calls", "3", "--seconds", "5"]
         sim = subprocess.run(
-            [sys.executable, "-m", "gateway", "simulate", "--url", url, "--calls", "3",
+            [*command[:command.index("simulate")], "simulate", "--url", url, "--calls", "3",
              "--seconds", "3", "--json"],
             capture_output=True, text=True, timeout=120)
         assert sim.returncode == 0, sim.stdout[-3000:] + sim.stderr[-3000:]

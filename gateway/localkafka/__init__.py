@@ -46,6 +46,7 @@ __all__ = [
     "LocalKafkaError",
     "PartitionState",
     "fetch",
+    "is_fetched",
     "jars_dir",
 ]
 
@@ -128,6 +129,11 @@ def _tail(path: Path, lines: int = 40) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return f"(no {path})"
+
+
+def is_fetched() -> bool:
+    """Whether the jar cache is complete (``fetch`` would download nothing)."""
+    return _is_complete(jars_dir())
 
 
 def fetch(quiet: bool = True) -> Path:

@@ -10,7 +10,15 @@ import sys
 import time
 from pathlib import Path
 
-from . import LocalKafka, LocalKafkaCluster, LocalKafkaError, fetch, secure
+from . import (
+    KAFKA_VERSION,
+    LocalKafka,
+    LocalKafkaCluster,
+    LocalKafkaError,
+    fetch,
+    is_fetched,
+    secure,
+)
 from .cluster import CLUSTER_FILE
 
 _HEAP_MB = 512  # LocalKafka's; a cluster node defaults to LocalKafkaCluster's
@@ -78,7 +86,15 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "fetch":
-            print(fetch(quiet=not args.verbose))
+            if args.verbose and not is_fetched():
+                print(f"== Kafka {KAFKA_VERSION}'s jars from Maven Central (first run only, "
+                      "about 100 MB) ...", flush=True)
+                began = time.monotonic()
+                libs = fetch(quiet=False)
+                print(f"== Kafka jars fetched in {time.monotonic() - began:.0f} s", flush=True)
+            else:
+                libs = fetch(quiet=not args.verbose)
+            print(f"kafka jars: {libs}")
         elif args.command == "start":
             kafka = _kafka(args)
             print(f"kafka: {kafka.start(args.timeout)}", flush=True)

@@ -10,7 +10,6 @@ of them is not exported here.
 from __future__ import annotations
 
 import platform
-from importlib import metadata
 from typing import Any
 
 from prometheus_client import (
@@ -22,6 +21,8 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+
+from gateway import version
 
 # Caller turns: 50 ms (a bot answering at once) to 5 s (one that is lost).
 _TURN_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5)
@@ -43,13 +44,6 @@ _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2
 LOOP_LAG_PERIOD_S = 0.1
 
 
-def _version() -> str:
-    try:
-        return metadata.version("knowlarity-gateway")
-    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown"
-
-
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -59,7 +53,7 @@ class Metrics:
         PlatformCollector(registry=r)
         self.build = Info("kgw_build", "the running gateway (exposed as kgw_build_info)",
                           registry=r)
-        self.build.info({"version": _version(), "python": platform.python_version()})
+        self.build.info({"version": version(), "python": platform.python_version()})
         self.live_calls = Gauge("kgw_live_calls", "calls with an open provider socket", registry=r)
         self.calls_started = Counter("kgw_calls_started", "calls that sent a valid start message",
                                      registry=r)
