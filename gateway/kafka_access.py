@@ -251,3 +251,21 @@ async def explained(kafka: Target, work: Callable[[], Awaitable[_T]]) -> _T:
     except KafkaError:
         await probe(kafka)
         raise
+
+
+def from_env(env: Mapping[str, str] | None = None) -> KafkaAccess:
+    """The access settings from the environment alone (``KGW_KAFKA_*``): for helper
+    processes a command starts, which inherit its environment (``as_env``)."""
+    from gateway.settings import from_args  # the table's own parsing, defaults included
+
+    access: KafkaAccess = from_args(KafkaAccess(), ACCESS_SETTINGS, None, env)
+    return access
+
+
+def as_env(access: KafkaAccess) -> dict[str, str]:
+    """``access`` as the environment variables ``from_env`` reads (no secret: paths)."""
+    from operator import attrgetter
+
+    from gateway.settings import as_text
+
+    return {s.env: as_text(attrgetter(s.target)(access)) for s in ACCESS_SETTINGS}

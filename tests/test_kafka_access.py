@@ -15,8 +15,10 @@ from gateway.kafka_access import (
     AccessError,
     FileTokenProvider,
     KafkaAccess,
+    as_env,
     client_options,
     describe,
+    from_env,
     target,
 )
 from gateway.localkafka import secure
@@ -95,3 +97,14 @@ def test_no_secret_in_the_settings_or_what_is_logged(tmp_path: Path) -> None:
     assert SECRET not in repr(access)
     assert describe(access) == "SASL_SSL, PLAIN as u, CA system"
     assert target("h:1", access)["sasl_plain_password"] == SECRET  # handed to the client only
+
+
+def test_helper_processes_get_the_settings_through_the_environment() -> None:
+    """``as_env`` writes what ``from_env`` reads back (bench hands its children that)."""
+    access = KafkaAccess(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                         sasl_username="u", sasl_password_file="/run/pw",
+                         ssl_ca_file="/etc/ca.pem", ssl_check_hostname=False)
+    env = as_env(access)
+    assert env["KGW_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert from_env(env) == access
+    assert from_env({}) == KafkaAccess()

@@ -83,7 +83,7 @@ def test_the_kafka_access_settings_are_tabled_once_with_every_command_pointing_t
     """Each command that reaches Kafka takes every access setting, tabled once."""
     assert _section("kafka-access-table") == markdown_table(ACCESS_SETTINGS)
     access = {s.name for s in ACCESS_SETTINGS}
-    for name in ("serve", "bot echo", "bot ivr", "audit", "replay"):
+    for name in ("serve", "bot echo", "bot ivr", "audit", "replay", "bench"):
         assert access <= {s.name for s in command_settings()[name]}, name
 
 

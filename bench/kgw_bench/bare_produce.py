@@ -39,6 +39,7 @@ from aiokafka import AIOKafkaProducer
 from gateway import records
 from gateway.core import model as m
 from gateway.kafka.bus import ensure_topics
+from gateway.kafka_access import from_env, target
 from gateway.stats import percentiles
 
 RATE = 16000
@@ -69,7 +70,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
     await ensure_topics(args.kafka, [(args.topic, args.partitions, args.replication_factor)])
     producer = AIOKafkaProducer(
-        bootstrap_servers=args.kafka,
+        **target(args.kafka, from_env()),
         acks="all",
         enable_idempotence=True,
         linger_ms=args.linger_ms,

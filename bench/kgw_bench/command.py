@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -12,6 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.kafka_access import (
+    ACCESS_SETTINGS,
+    AccessError,
+    KafkaAccess,
+    as_env,
+    client_options,
+)
 from gateway.settings import (
     Setting,
     SettingError,
@@ -19,6 +27,7 @@ from gateway.settings import (
     boolean,
     from_args,
     kafka_servers,
+    nested,
     non_negative,
     positive,
     with_defaults,
@@ -30,6 +39,7 @@ from kgw_bench.run import Load, bench_once
 class BenchSettings:
     load: Load = field(default_factory=lambda: Load(calls=100))
     kafka: str = ""  # empty: start a broker of our own
+    kafka_access: KafkaAccess = KafkaAccess()
     ceilings: bool = True
     capacity: bool = False
     log_dir: str = ""
@@ -51,6 +61,7 @@ BENCH_SETTINGS: tuple[Setting, ...] = with_defaults((
             non_negative(float), path="load.ramp"),
     Setting("kafka", "KGW_BENCH_KAFKA", None,
             "use this broker, HOST:PORT[,...] (empty: start one of our own)", _kafka_or_ours),
+    *nested(ACCESS_SETTINGS, "kafka_access"),
     Setting("gateways", "KGW_BENCH_GATEWAYS", None, "gateway processes sharing the calls",
             positive(int), path="load.gateways"),
     Setting("loadgen_procs", "KGW_BENCH_LOADGEN_PROCS", None, "load generator processes",
@@ -94,12 +105,18 @@ def run(args: argparse.Namespace) -> int:
             raise SettingError(
                 f"--seconds {s.load.seconds:g} leaves no measuring window after --ramp-s "
                 f"{s.load.ramp:g} and --warmup-s {s.load.warmup:g}; give more seconds")
-    except SettingError as e:
+        if not s.kafka and s.kafka_access != KafkaAccess():
+            raise SettingError("the Kafka access settings need --kafka: the broker bench "
+                               "starts itself is PLAINTEXT")
+        client_options(s.kafka_access)  # the files exist and the combination works
+    except (SettingError, AccessError) as e:
         print(f"knowlarity-gateway bench: {e}", file=sys.stderr)
         return 2
     log_dir = Path(s.log_dir) if s.log_dir else None
     if log_dir:
         log_dir.mkdir(parents=True, exist_ok=True)
+    # Every process bench starts (node, bots, probe, load) reads them from its environment.
+    os.environ.update(as_env(s.kafka_access))
     with broker(s.kafka) as (bootstrap, broker_pid):
         if s.capacity:
             from kgw_bench.capacity import search

@@ -64,6 +64,7 @@ from gateway.core.knowlarity import (
     encode_transfer,
     parse_start,
 )
+from gateway.kafka_access import from_env, target
 
 PATHS = ("/vaani/knowlarity/setup-call-streams", "/knowlarity-stream")
 
@@ -101,7 +102,7 @@ class PeerBridge:
     # --- Kafka -------------------------------------------------------------------
 
     async def start_kafka(self) -> AIOKafkaConsumer:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka)
+        admin = AIOKafkaAdminClient(**target(self.kafka, from_env()))
         await admin.start()
         try:
             existing = set(await admin.list_topics())
@@ -114,10 +115,11 @@ class PeerBridge:
                     pass
         finally:
             await admin.close()
-        self.producer = AIOKafkaProducer(bootstrap_servers=self.kafka, acks="all",
+        self.producer = AIOKafkaProducer(**target(self.kafka, from_env()), acks="all",
                                          enable_idempotence=True, linger_ms=self.linger_ms)
         await self.producer.start()
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.kafka, enable_auto_commit=False)
+        consumer = AIOKafkaConsumer(**target(self.kafka, from_env()),
+                                    enable_auto_commit=False)
         await consumer.start()
         tp = TopicPartition(self.commands, 0)
         consumer.assign([tp])

@@ -20,6 +20,7 @@ import time
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from gateway.kafka_access import from_env, target
 from gateway.records import decode_inbound
 from gateway.stats import summary
 
@@ -29,7 +30,7 @@ FETCH_MIN_BYTES = int(os.environ.get("KGW_BENCH_FETCH_MIN_BYTES", "1"))
 
 async def probe(bootstrap: str, topic: str, window: tuple[float, float],
                 stop: asyncio.Event) -> dict[str, object]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**target(bootstrap, from_env()), enable_auto_commit=False,
                                 fetch_max_wait_ms=FETCH_WAIT_MS, fetch_min_bytes=FETCH_MIN_BYTES,
                                 max_partition_fetch_bytes=4 << 20)
     await consumer.start()

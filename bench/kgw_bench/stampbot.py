@@ -47,6 +47,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from gateway import records, topics
 from gateway.core import model as m
+from gateway.kafka_access import from_env, target
 from gateway.stats import summary
 
 __all__ = ["run_stamp_bot", "main"]
@@ -121,8 +122,9 @@ async def run_stamp_bot(bootstrap: str, prefix: str, group_id: str, *,
     """
     inbound = topics.inbound_topic(prefix)
     cpu0 = time.process_time()
+    kafka = target(bootstrap, from_env())  # the access settings bench handed on
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **kafka,
         group_id=group_id,
         client_id="kgw-stampbot",
         auto_offset_reset="earliest" if from_beginning else "latest",
@@ -131,7 +133,7 @@ async def run_stamp_bot(bootstrap: str, prefix: str, group_id: str, *,
         fetch_min_bytes=FETCH_MIN_BYTES,
     )
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap,
+        **kafka,
         client_id="kgw-stampbot",
         acks="all",
         enable_idempotence=True,
