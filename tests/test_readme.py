@@ -14,9 +14,9 @@ from pathlib import Path
 from gateway.cli import command_settings
 from gateway.config import NODE_SETTINGS
 from gateway.core.errors import CloseCode
+from gateway.kafka_access import ACCESS_SETTINGS
 from gateway.ops import limits
 from gateway.sdk import BOT_SETTINGS
-from gateway.kafka_access import ACCESS_SETTINGS
 from gateway.settings import Setting, markdown_table
 
 ROOT = Path(__file__).parent.parent

@@ -28,8 +28,8 @@ from test_server import (
 )
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone
-from twisted.python.failure import Failure
 from twisted.logger import formatEvent, globalLogPublisher
+from twisted.python.failure import Failure
 
 from gateway.config import NodeConfig
 from gateway.core import model as m
