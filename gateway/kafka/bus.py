@@ -52,6 +52,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     CorruptRecordException,
+    KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     LeaderNotAvailableError,
@@ -225,7 +226,8 @@ class Bus:
                 break
             except (KafkaError, OSError) as e:
                 await self._close_clients()
-                await probe(target(self._c.kafka, self._c.kafka_access))  # raises AccessError
+                if isinstance(e, KafkaConnectionError):  # away, or refusing who we are?
+                    await probe(target(self._c.kafka, self._c.kafka_access))  # AccessError
                 now = time.monotonic()
                 if now - last_log >= _START_LOG_EVERY_S:
                     last_log = now
