@@ -249,3 +249,20 @@ async def test_a_real_call_is_rebuilt_from_the_bus(
         t.end["node_turn_latency_ms"], abs=2)
     assert summary["talk_s"]["caller"] == pytest.approx(1.6, abs=0.05)
     assert Image.open(io.BytesIO(paths[".png"].read_bytes())).size[0] == files.WIDTH
+
+
+def test_a_long_call_s_page_plays_the_wav_beside_it(tmp_path: Path) -> None:
+    """Over the embedding bound the page links ``ID.wav`` instead of carrying it (a third
+    larger again in base64); under it the page stays self-contained."""
+    c = Call()
+    c.audio(0, tone(1600), T)
+    c.end(T + ms(400))
+    t = build(c.inbound, c.outbound)
+    wav_size = len(files.wav(t))
+    small = {p.suffix: p for p in write_call(t, tmp_path / "a", embed_max_bytes=wav_size)}
+    assert "data:audio/wav;base64," in small[".html"].read_text()
+    big = {p.suffix: p for p in write_call(t, tmp_path / "b", embed_max_bytes=wav_size - 1)}
+    page = big[".html"].read_text()
+    assert "data:audio/wav;base64," not in page
+    assert 'id="player" controls src="c1.wav"' in page
+    assert big[".wav"].name == "c1.wav" and big[".wav"].parent == big[".html"].parent

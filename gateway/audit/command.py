@@ -33,6 +33,7 @@ from gateway.settings import (
     boolean,
     from_args,
     nested,
+    non_negative,
     positive,
     with_defaults,
 )
@@ -71,6 +72,7 @@ class AuditSettings:
     list: bool = False
     since: int | None = None
     lookback_s: float = 86400.0
+    embed_audio_max_mb: float = 64.0
 
 
 AUDIT_SETTINGS: tuple[Setting, ...] = with_defaults((
@@ -90,6 +92,9 @@ AUDIT_SETTINGS: tuple[Setting, ...] = with_defaults((
     Setting("lookback_s", "KGW_AUDIT_LOOKBACK_S", None,
             "how far back to read when the call's start time is not known (seconds)",
             positive(float)),
+    Setting("embed_audio_max_mb", "KGW_AUDIT_EMBED_AUDIO_MAX_MB", None,
+            "largest WAV embedded in the HTML page (64 MB: about 17 min at 16 kHz); a longer "
+            "call's page plays the WAV beside it", non_negative(float)),
 ), AuditSettings())
 
 
@@ -114,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
     except (LookupError, NoCall, KafkaError, AccessError) as error:
         print(f"audit: {error}", file=sys.stderr)
         return 1
-    for path in write_call(timeline, Path(settings.out)):
+    embed = int(settings.embed_audio_max_mb * 1e6)
+    for path in write_call(timeline, Path(settings.out), embed_max_bytes=embed):
         print(path)
     return 0
 
@@ -144,14 +150,15 @@ async def _timeline(settings: AuditSettings) -> Timeline:
     return build(got.inbound, got.outbound)
 
 
-def write_call(t: Timeline, out: Path) -> list[Path]:
+def write_call(t: Timeline, out: Path, *, embed_max_bytes: int | None = None) -> list[Path]:
     """Write ``<call_id>.wav``, ``.json``, ``.png`` and ``.html`` under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     stem = re.sub(r"[^\w.-]", "_", t.call_id)
     wav, png = files.wav(t), files.png(t)
     written = {".wav": wav, ".png": png,
                ".json": json.dumps(t.summary(), indent=2, ensure_ascii=False).encode(),
-               ".html": files.html_page(t, png, wav).encode()}
+               ".html": files.html_page(t, png, wav, wav_name=stem + ".wav",
+                                        embed_max_bytes=embed_max_bytes).encode()}
     paths = []
     for suffix, data in written.items():
         path = out / (stem + suffix)

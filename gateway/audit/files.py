@@ -134,15 +134,27 @@ def _encode(image: Image.Image) -> bytes:
     return out.getvalue()
 
 
-def html_page(t: Timeline, png_bytes: bytes, wav_bytes: bytes) -> str:
-    """One self-contained page: ``#timeline`` image, ``#player`` audio, ``#summary`` table."""
+def html_page(t: Timeline, png_bytes: bytes, wav_bytes: bytes, *, wav_name: str = "",
+              embed_max_bytes: int | None = None) -> str:
+    """One self-contained page: ``#timeline`` image, ``#player`` audio, ``#summary`` table.
+
+    A WAV over ``embed_max_bytes`` is not embedded (base64 makes it a third larger again,
+    and a browser holds it all): the player plays ``wav_name``, the file beside the page.
+    """
     summary = t.summary()
     rows = "\n".join(
         f"<tr><th>{html.escape(key)}</th><td>{_cell(value)}</td></tr>"
         for key, value in summary.items())
     title = html.escape(f"Call {t.call_id}")
     image = base64.b64encode(png_bytes).decode()
-    audio = base64.b64encode(wav_bytes).decode()
+    if embed_max_bytes is not None and len(wav_bytes) > embed_max_bytes and wav_name:
+        source = html.escape(wav_name, quote=True)
+        where = (f"<p>The audio is <a href=\"{source}\">{html.escape(wav_name)}</a> beside "
+                 f"this page ({len(wav_bytes) / 1e6:.0f} MB, over the "
+                 f"{embed_max_bytes / 1e6:.0f} MB embedded at most).</p>")
+    else:
+        source = "data:audio/wav;base64," + base64.b64encode(wav_bytes).decode()
+        where = ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{title}</title>
 <style>body{{font-family:sans-serif;margin:1em}} img{{max-width:100%}}
@@ -151,7 +163,7 @@ text-align:left;vertical-align:top}} pre{{margin:0;white-space:pre-wrap}}</style
 <body><h1>{title}</h1>
 <img id="timeline" alt="timeline of the call" src="data:image/png;base64,{image}">
 <p>Left channel: the caller; right channel: the bot as the provider played it.</p>
-<audio id="player" controls src="data:audio/wav;base64,{audio}"></audio>
+<audio id="player" controls src="{source}"></audio>{where}
 <table id="summary">
 {rows}
 </table></body></html>
