@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaProducer
 
 from gateway import topics
 from gateway.audit import reading
-from gateway.audit.command import write_call
+from gateway.audit.command import AuditSettings, write_call
 from gateway.audit.timeline import build
 from gateway.kafka.bus import ensure_topics
 from gateway.proto.knowlarity.gateway.v1 import inbound_pb2, outbound_pb2
@@ -138,7 +138,9 @@ async def measure(servers: str, minutes: float, busy: int, partitions: int) -> N
     built = time.perf_counter() - began
     with tempfile.TemporaryDirectory() as out:
         began = time.perf_counter()
-        paths = write_call(timeline, Path(out))
+        # As audit writes them: a WAV over its embedding bound is linked, not embedded.
+        embed = int(AuditSettings().embed_audio_max_mb * 1e6)
+        paths = write_call(timeline, Path(out), embed_max_bytes=embed)
         wrote = time.perf_counter() - began
         sizes = ", ".join(f"{p.suffix} {p.stat().st_size / 1e6:.1f} MB" for p in paths)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
