@@ -25,6 +25,10 @@ def _serve(args: argparse.Namespace) -> int:
     from gateway.config import NodeConfig
 
     config = NodeConfig.from_args(args)  # fails before any reactor work on a bad setting
+    if config.workers > 1:  # a supervisor of worker nodes: no reactor, no Kafka here
+        from gateway.workers.supervisor import run
+
+        return run(config, args)
     install_reactor()
     from twisted.internet import reactor
     from twisted.logger import Logger

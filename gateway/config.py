@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import math
+import os
 import re
 import socket
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -34,6 +36,7 @@ from gateway.settings import (
     resolve,
     with_defaults,
 )
+from gateway.workers.endpoints import TcpListen, port_of
 
 
 def _default_node_id() -> str:
@@ -82,6 +85,12 @@ def _endpoint(text: str) -> str:
 
 # Parsing an endpoint string only stores the reactor; nothing is called on it.
 _NO_REACTOR = object()
+
+
+def _workers(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    return int(positive(int)(text))
 
 # Each setting once: flag and variable, help, parser, and where it goes in NodeConfig.
 # Defaults come from the config classes themselves (None), except where the
@@ -238,6 +247,14 @@ _DECLARED: tuple[Setting, ...] = (
     Setting("drain_timeout_s", "KGW_DRAIN_TIMEOUT_S", None,
             "on shutdown, how long live calls may go on before they are ended",
             non_negative(_finite)),
+    Setting("workers", "KGW_WORKERS", None,
+            "node processes sharing the --listen port (auto: one per CPU); above 1, a "
+            "supervisor runs worker k (0 to N-1) as node id NODE_ID-k with metrics on the "
+            "--metrics-listen port + k, restarts a worker that dies, and forwards SIGTERM "
+            "(tcp: endpoints, Linux)", _workers),
+    Setting("reuse_port", "KGW_REUSE_PORT", None,
+            "bind the tcp: --listen port with SO_REUSEPORT, so that other processes can "
+            "listen on it too (what --workers sets for each worker)", boolean),
     LOG_FORMAT,
     LOG_LEVEL,
 )
@@ -275,6 +292,8 @@ class NodeConfig:
     lease_s: float = 10.0
     lease_margin_s: float = 5.0
     drain_timeout_s: float = 30.0
+    workers: int = 1
+    reuse_port: bool = False
     log_format: str = LOG_FORMATS[0]
     log_level: str = "info"
     call: CallSettings = field(default_factory=CallSettings)
@@ -346,6 +365,33 @@ class NodeConfig:
             raise SettingError(
                 f"--playout-max-call-bytes {p.max_call_bytes} is more than "
                 f"--playout-node-bytes {self.playout_node_bytes}")
+        self._check_shared_port()
+
+    def _check_shared_port(self) -> None:
+        tcp = TcpListen.from_endpoint(self.listen) is not None
+        if self.reuse_port and not tcp:
+            raise SettingError(
+                f"--reuse-port needs a tcp: or tcp6: --listen endpoint, not {self.listen!r}")
+        if self.workers == 1:
+            return
+        if not tcp:
+            raise SettingError(
+                f"--workers {self.workers} needs a tcp: or tcp6: --listen endpoint (the workers "
+                f"share its port with SO_REUSEPORT), not {self.listen!r}: run one process per "
+                "TLS, PROXY-protocol or UNIX endpoint, or --workers 1")
+        if not sys.platform.startswith("linux"):
+            raise SettingError(f"--workers {self.workers} needs Linux (SO_REUSEPORT balancing); "
+                               "run --workers 1")
+        if self.metrics_listen:
+            port = port_of(self.metrics_listen)
+            if port is None:
+                raise SettingError(
+                    f"--workers {self.workers} gives worker k the --metrics-listen port + k; "
+                    f"{self.metrics_listen!r} has no port (use tcp:PORT, or empty to disable)")
+            if port and port + self.workers - 1 > 65535:
+                raise SettingError(
+                    f"--workers {self.workers} with --metrics-listen port {port}: worker ports "
+                    "would pass 65535")
 
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))

@@ -84,8 +84,11 @@ class Node:
         await self.bus.start()
         # Ends the calls a previous run with this id left, before any new call.
         await self._start_lease()
-        self._port = await wait_deferred(serverFromString(self.reactor, c.listen)
-                                         .listen(self.factory))
+        if c.reuse_port:
+            self._port = self._listen_shared()
+        else:
+            self._port = await wait_deferred(serverFromString(self.reactor, c.listen)
+                                             .listen(self.factory))
         self.accepting = True
         log.info("node {node_id} listening on {addr}; commands on {topic}", node_id=c.node_id,
                  addr=self.address, topic=c.commands_topic)
@@ -93,6 +96,21 @@ class Node:
             log.warn("protected mode: no --auth-token and no --allow-from, so sockets are "
                      "accepted from loopback only; set --allow-unauthenticated to accept any "
                      "address on purpose")
+
+    def _listen_shared(self) -> IListeningPort:
+        """The tcp: --listen port bound with SO_REUSEPORT (which Twisted's endpoint strings
+        cannot ask for), so that the other workers of ``serve --workers`` listen on it too."""
+        from gateway.workers.endpoints import TcpListen, reuse_port_socket
+
+        listen = TcpListen.from_endpoint(self.config.listen)
+        assert listen is not None, "NodeConfig.check refuses --reuse-port with other endpoints"
+        sock = reuse_port_socket(listen)
+        try:
+            port: IListeningPort = self.reactor.adoptStreamPort(
+                sock.fileno(), sock.family, self.factory)
+        finally:
+            sock.close()  # the port holds a duplicate of the descriptor
+        return port
 
     def _new_lease(self) -> LeaseKeeper:
         # A new call's records wait in the bus until a lease listing it is on the broker.
