@@ -22,13 +22,13 @@ def passes(r: dict[str, Any], bound_ms: float = P99_BOUND_MS) -> bool:
 
 def search(bootstrap: str, *, seconds: float = 15.0, start: int = 5, limit: int = 400,
            resolution: int = 2, log_dir: Path, broker_pid: int | None = None,
-           bound_ms: float = P99_BOUND_MS) -> dict[str, Any]:
+           bound_ms: float = P99_BOUND_MS, workload: str = "realistic") -> dict[str, Any]:
     trials: list[dict[str, Any]] = []
 
     def trial(n: int) -> bool:
         d = log_dir / f"capacity-{n}"
         d.mkdir(parents=True, exist_ok=True)
-        r = bench_once(bootstrap, Load(n, seconds), ceilings=False, log_dir=d,
+        r = bench_once(bootstrap, Load(n, seconds, workload=workload), ceilings=False, log_dir=d,
                        broker_pid=broker_pid)
         ok = passes(r, bound_ms)
         trials.append({"calls": n, "passed": ok, "frames_lost": r["frames_lost"],
@@ -53,5 +53,5 @@ def search(bootstrap: str, *, seconds: float = 15.0, start: int = 5, limit: int 
                 good = mid
             else:
                 bad = mid
-    return {"capacity_calls": good, "first_failing_calls": bad, "p99_bound_ms": bound_ms,
-            "trials": trials}
+    return {"workload": workload, "capacity_calls": good, "first_failing_calls": bad,
+            "p99_bound_ms": bound_ms, "trials": trials}

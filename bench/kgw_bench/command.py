@@ -25,6 +25,7 @@ from gateway.settings import (
     SettingError,
     add_settings,
     boolean,
+    choice,
     from_args,
     kafka_servers,
     nested,
@@ -32,6 +33,7 @@ from gateway.settings import (
     positive,
     with_defaults,
 )
+from kgw_bench.realistic import WORKLOADS
 from kgw_bench.run import Load, bench_once
 
 
@@ -51,6 +53,12 @@ def _kafka_or_ours(text: str) -> str:
 
 
 BENCH_SETTINGS: tuple[Setting, ...] = with_defaults((
+    Setting("workload", "KGW_BENCH_WORKLOAD", None,
+            "realistic: callers speak in turns, a TTS-like bot answers at 24 kHz with marks "
+            "and barge-in clears, paced playout; echo: every caller chunk echoed back, "
+            "pacing off (the stress case)", choice(*WORKLOADS), path="load.workload"),
+    Setting("seed", "KGW_BENCH_SEED", None, "the realistic calls' script (turns, answers)",
+            int, path="load.seed"),
     Setting("calls", "KGW_BENCH_CALLS", None, "concurrent calls", positive(int),
             path="load.calls"),
     Setting("seconds", "KGW_BENCH_SECONDS", None, "length of each call", positive(float),
@@ -123,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
 
             log_dir = log_dir or Path(tempfile.mkdtemp(prefix="kgw-capacity-"))
             found = search(bootstrap, seconds=s.load.seconds, log_dir=log_dir,
-                           broker_pid=broker_pid)
+                           broker_pid=broker_pid, workload=s.load.workload)
             print(f"capacity: {found['capacity_calls']} calls "
                   f"(first failing: {found['first_failing_calls']})")
             if s.json:
@@ -139,19 +147,30 @@ def run(args: argparse.Namespace) -> int:
 
 def summary(r: dict[str, Any]) -> str:
     lines = [
-        f"{r['calls']} calls x {r['seconds']:g} s through {r['gateways']} gateway process(es)",
+        f"{r['calls']} calls x {r['seconds']:g} s through {r['gateways']} gateway process(es), "
+        f"{r.get('workload', 'echo')} workload",
         f"  gateway CPU     {r['gateway_cpu_ms_per_call_s']} ms per call-second"
         f"   (RSS {r['rss_kb_per_call']} KB per call)",
         f"  frames lost     {r['frames_lost']}",
         f"  inbound  ms     p50 {r['inbound_p50_ms']}  p95 {r['inbound_p95_ms']}"
         f"  p99 {r['inbound_p99_ms']}  max {r['inbound_max_ms']}",
         f"  command  ms     p50 {r['command_p50_ms']}  p99 {r['command_p99_ms']}"
-        f"  max {r['command_max_ms']}",
+        f"  max {r['command_max_ms']}"
+        + ("   (bot send -> first audio of each answer)" if r.get("workload") == "realistic"
+           else ""),
         f"  load generator  {r['loadgen_cpu_pct']} % of a core",
         "  cores used      " + ", ".join(f"{k} {v}" for k, v in r["cores_used"].items()),
     ]
+    if r.get("workload") == "realistic":
+        bot = r.get("gateway", {}).get("bot", {})
+        lg = r.get("gateway", {}).get("loadgen", {})
+        lines.append(f"  turns           {bot.get('utterances')} answers "
+                     f"({lg.get('turns_scripted')} scripted), {bot.get('clears')} clears "
+                     f"({lg.get('barge_ins_scripted')} barge-ins scripted), "
+                     f"{lg.get('answers_heard')} answer stamps heard by the callers")
     if "autobahn_cpu_ms_per_call_s" in r:
         lines += [
+            "  ceilings (echo workload)",
             f"  bare Autobahn   {r['autobahn_cpu_ms_per_call_s']} ms per call-second"
             f"   (gateway / Autobahn = {r['gateway_vs_autobahn']})",
             f"  websockets peer {r['websockets_peer_cpu_ms_per_call_s']} ms per call-second"

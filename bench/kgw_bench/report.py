@@ -1,9 +1,12 @@
 """Regenerate bench/RESULTS.md and its plot: ``python -m kgw_bench.report``.
 
-Runs, against one broker it starts: the gateway with its ceilings at several
-call counts, the same with frame aggregation, two gateway processes sharing
-the calls, an RSS reading at 300 calls, and the capacity search. Every figure
-in the results file comes from this run; nothing is typed in by hand.
+Runs, against one broker it starts: the realistic workload (the headline:
+callers in turns, a TTS-like bot, paced playout) at several call counts; the
+echo workload (every chunk echoed, the stress case) with its ceilings at the
+same counts, the same with frame aggregation, two gateway processes sharing
+the calls, an RSS reading at 300 calls; and the capacity search for each
+workload. Every figure in the results file comes from this run; nothing is
+typed in by hand.
 """
 
 from __future__ import annotations
@@ -22,10 +25,10 @@ from kgw_bench.capacity import search
 from kgw_bench.command import broker
 from kgw_bench.run import Load, bench_once
 
-FIELDS = ("gateway_cpu_ms_per_call_s", "frames_lost", "inbound_p50_ms", "inbound_p99_ms",
-          "command_p50_ms", "command_p99_ms", "rss_kb_per_call", "autobahn_cpu_ms_per_call_s",
-          "websockets_peer_cpu_ms_per_call_s", "aiokafka_produce_us_per_record",
-          "loadgen_cpu_pct")
+FIELDS = ("workload", "gateway_cpu_ms_per_call_s", "frames_lost", "inbound_p50_ms",
+          "inbound_p99_ms", "command_p50_ms", "command_p99_ms", "rss_kb_per_call",
+          "autobahn_cpu_ms_per_call_s", "websockets_peer_cpu_ms_per_call_s",
+          "aiokafka_produce_us_per_record", "loadgen_cpu_pct")
 
 
 def machine() -> str:
@@ -52,7 +55,8 @@ def run_all(out: Path, seconds: float, calls: list[int], quick: bool) -> dict[st
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M"),
-                               "seconds": seconds, "by_calls": [], "aggregated": []}
+                               "seconds": seconds, "realistic_by_calls": [], "by_calls": [],
+                               "aggregated": []}
     with broker("") as (bootstrap, broker_pid):
         # The broker's JIT compiles its hot paths during the first minute of load,
         # taking a core meanwhile: warm it up before anything is measured.
@@ -67,21 +71,31 @@ def run_all(out: Path, seconds: float, calls: list[int], quick: bool) -> dict[st
             print(f"{tag}: " + json.dumps({k: r.get(k) for k in FIELDS}), flush=True)
             return r
 
+        # The ceilings echo: they belong with the echo workload's rows only.
         for n in calls:
-            results["by_calls"].append(once(Load(n, seconds), True, f"n{n}"))
+            results["realistic_by_calls"].append(
+                once(Load(n, seconds, workload="realistic"), False, f"n{n}-realistic"))
         for n in calls:
-            results["aggregated"].append(
-                once(Load(n, seconds, aggregate_ms=100), True, f"n{n}-agg100"))
+            results["by_calls"].append(once(Load(n, seconds, workload="echo"), True, f"n{n}"))
+        for n in calls:
+            results["aggregated"].append(once(
+                Load(n, seconds, aggregate_ms=100, workload="echo"), True, f"n{n}-agg100"))
         mid = calls[len(calls) // 2]
         results["split"] = {
             "one": results["by_calls"][len(calls) // 2],
-            "two": once(Load(mid, seconds, gateways=2), False, f"n{mid}-two-gateways"),
+            "two": once(Load(mid, seconds, gateways=2, workload="echo"), False,
+                        f"n{mid}-two-gateways"),
         }
         if not quick:
-            results["rss_300"] = once(Load(300, min(seconds, 15)), False, "n300-rss")
-        results["profile"] = once(Load(mid, seconds, profile=True), False, f"n{mid}-profile")
-        results["capacity"] = search(bootstrap, seconds=min(seconds, 15), log_dir=logs,
-                                     broker_pid=broker_pid)
+            results["rss_300"] = once(Load(300, min(seconds, 15), workload="echo"), False,
+                                      "n300-rss")
+        results["profile"] = once(Load(mid, seconds, profile=True, workload="realistic"),
+                                  False, f"n{mid}-profile")
+        for workload, key in (("realistic", "capacity"), ("echo", "capacity_echo")):
+            d = logs / key
+            d.mkdir(exist_ok=True)
+            results[key] = search(bootstrap, seconds=min(seconds, 15), log_dir=d,
+                                  broker_pid=broker_pid, workload=workload)
     return results
 
 

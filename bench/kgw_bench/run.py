@@ -5,6 +5,11 @@ probe (reads the inbound topic), load generator (1+ processes), and each
 ceiling in turn. CPU is read per process from /proc over a steady-state
 window (after ramp and warm-up, before the calls hang up), and divided by the
 call-seconds in that window.
+
+Two workloads (``Load.workload``): ``realistic``, callers in turns and a
+TTS-like bot (``kgw_bench.talkbot``), playout paced as the node does by
+default; ``echo``, the stress case, every caller chunk echoed by the stamp bot
+with pacing off. The ceilings echo, so they always run the echo load.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from gateway.dev import http_ready
 from kgw_bench.procs import Child, cpu_seconds, free_port, rss_kb
+from kgw_bench.realistic import DEFAULT_SEED
 
 PATH = "/vaani/knowlarity/setup-call-streams"
 
@@ -36,6 +42,10 @@ class Load:
     aggregate_ms: int = 0
     # py-spy the gateway during the window (its own CPU then reads high).
     profile: bool = False
+    # realistic: callers speak in turns, a TTS-like bot answers (kgw_bench.realistic),
+    # paced playout; echo: every caller chunk straight back, playout unpaced (stress).
+    workload: str = "realistic"
+    seed: int = DEFAULT_SEED  # the realistic calls' script
 
     @property
     def window(self) -> tuple[float, float]:
@@ -114,11 +124,18 @@ def _wait_ready(child: Child, url: str, timeout: float = 60) -> None:
 
 def _loadgens(urls: list[str], load: Load, log_dir: Path, tag: str) -> list[Child]:
     per_url = [load.calls // len(urls) + (i < load.calls % len(urls)) for i in range(len(urls))]
-    return [Child(f"{tag}-loadgen{i}", [
-        "-m", "kgw_bench.loadgen", "--url", url, "--calls", str(n),
-        "--seconds", str(load.seconds), "--warmup", str(load.ramp + load.warmup),
-        "--ramp", str(load.ramp), "--procs", str(load.loadgen_procs), "--json"], log_dir)
-        for i, (url, n) in enumerate(zip(urls, per_url, strict=True))]
+    gens = []
+    base = 0
+    for i, (url, n) in enumerate(zip(urls, per_url, strict=True)):
+        args = ["-m", "kgw_bench.loadgen", "--url", url, "--calls", str(n),
+                "--seconds", str(load.seconds), "--warmup", str(load.ramp + load.warmup),
+                "--ramp", str(load.ramp), "--procs", str(load.loadgen_procs), "--json"]
+        if load.workload != "echo":
+            args += ["--workload", load.workload, "--seed", str(load.seed),
+                     "--index-base", str(base)]
+        gens.append(Child(f"{tag}-loadgen{i}", args, log_dir))
+        base += n
+    return gens
 
 
 def _merge_loadgen(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -126,7 +143,8 @@ def _merge_loadgen(results: list[dict[str, Any]]) -> dict[str, Any]:
         return results[0]
     out = dict(results[0])
     for key in ("calls", "calls_connected", "calls_failed", "frames_sent",
-                "play_frames_received", "play_chunks_received", "late_frames", "cpu_s"):
+                "play_frames_received", "play_chunks_received", "late_frames", "cpu_s",
+                "answers_heard", "turns_scripted", "barge_ins_scripted"):
         out[key] = sum(r.get(key, 0) for r in results)
     # Percentiles do not add up; the worst of the parts is the honest summary.
     for key in ("command_latency_ms", "send_lag_ms"):
@@ -138,7 +156,7 @@ def _merge_loadgen(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 def measure_gateway(bootstrap: str, load: Load, log_dir: Path,
                     broker_pid: int | None = None) -> dict[str, Any]:
-    """The product: gateway node(s) + bench bot, playout pacing off."""
+    """The product: gateway node(s) + bench bot; echo: playout pacing off, realistic: on."""
     prefix = "bench" + uuid.uuid4().hex[:8]
     nodes: list[Child] = []
     others: list[Child] = []
@@ -149,16 +167,23 @@ def measure_gateway(bootstrap: str, load: Load, log_dir: Path,
             args = ["-m", "gateway", "serve", "--listen", f"tcp:{port}:interface=127.0.0.1",
                     "--kafka", bootstrap, "--node-id", f"bench{i}", "--topic-prefix", prefix,
                     "--metrics-listen", f"tcp:{mport}:interface=127.0.0.1",
-                    "--playout-paced", "false", "--log-level", "warn", "--drain-timeout-s", "1"]
+                    "--log-level", "warn", "--drain-timeout-s", "1"]
+            if load.workload == "echo":
+                args[-4:-4] = ["--playout-paced", "false"]
             if load.aggregate_ms:
                 args += ["--aggregate-ms", str(load.aggregate_ms)]
             node = Child(f"gateway{i}", args, log_dir)
             nodes.append(node)
             _wait_ready(node, f"http://127.0.0.1:{mport}/readyz")
             ports.append(port)
-        bot = Child("stampbot", ["-m", "kgw_bench.stampbot", "--kafka", bootstrap,
-                                 "--topic-prefix", prefix, "--group-id", prefix + "-bot"],
-                    log_dir)
+        if load.workload == "echo":
+            bot = Child("stampbot", ["-m", "kgw_bench.stampbot", "--kafka", bootstrap,
+                                     "--topic-prefix", prefix, "--group-id", prefix + "-bot"],
+                        log_dir)
+        else:
+            bot = Child("talkbot", ["-m", "kgw_bench.talkbot", "--kafka", bootstrap,
+                                    "--topic-prefix", prefix, "--group-id", prefix + "-bot",
+                                    "--seed", str(load.seed)], log_dir)
         others.append(bot)
         bot.wait_for_line("event=stampbot_ready", 60)
         t0 = time.time() + 1.0  # the load generators start about now
@@ -193,6 +218,9 @@ def measure_gateway(bootstrap: str, load: Load, log_dir: Path,
     commands = bot_out.get("commands_sent", 0)
     # The node may join queued commands into one clip: count 20 ms chunks.
     received = lg.get("play_chunks_received", 0)
+    # Echo: the bot echoes every chunk it reads, each should come back once. Realistic:
+    # every answer should arrive whole, less what the node says a clear dropped.
+    expected = frames_in_kafka if load.workload == "echo" else bot_out.get("expected_chunks", 0)
     return {
         "load": asdict(load),
         "cpu_ms_per_call_s": round(cpu / call_s * 1000, 4) if call_s else None,
@@ -205,8 +233,8 @@ def measure_gateway(bootstrap: str, load: Load, log_dir: Path,
         "frames_lost_inbound": sent - frames_in_kafka,
         "commands_sent": commands,
         "play_frames_received": received,
-        # The bot echoes every chunk it reads: each should come back once.
-        "frames_lost_outbound": frames_in_kafka - received,
+        "play_chunks_expected": expected,
+        "frames_lost_outbound": expected - received,
         "inbound_latency_ms": probe_out.get("inbound_latency_ms"),
         # Cores each process used over the window (the load generator's
         # children are not in its own figure; see loadgen_cpu_pct for all).
@@ -288,6 +316,7 @@ def bench_once(bootstrap: str, load: Load, *, ceilings: bool = True,
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="kgw-bench-"))
     gw = measure_gateway(bootstrap, load, log_dir, broker_pid)
     out: dict[str, Any] = {
+        "workload": load.workload,
         "calls": load.calls,
         "seconds": load.seconds,
         "gateways": load.gateways,
@@ -307,15 +336,21 @@ def bench_once(bootstrap: str, load: Load, *, ceilings: bool = True,
         "log_dir": str(log_dir),
     }
     if ceilings:
-        ab = measure_bare_autobahn(load, log_dir)
-        peer = measure_peer_bridge(bootstrap, load, log_dir)
-        produce = measure_bare_produce(bootstrap, load, log_dir)
+        # The ceilings do the echo workload's job (they echo): measured with it, and
+        # compared with the gateway only when it did the same job.
+        echo = replace(load, workload="echo")
+        ab = measure_bare_autobahn(echo, log_dir)
+        peer = measure_peer_bridge(bootstrap, echo, log_dir)
+        produce = measure_bare_produce(bootstrap, echo, log_dir)
+        same = load.workload == "echo"
         out.update({
             "autobahn_cpu_ms_per_call_s": ab["cpu_ms_per_call_s"],
             "websockets_peer_cpu_ms_per_call_s": peer["cpu_ms_per_call_s"],
             "aiokafka_produce_us_per_record": produce.get("us_per_record"),
-            "gateway_vs_autobahn": _ratio(gw["cpu_ms_per_call_s"], ab["cpu_ms_per_call_s"]),
-            "gateway_vs_peer": _ratio(gw["cpu_ms_per_call_s"], peer["cpu_ms_per_call_s"]),
+            "gateway_vs_autobahn": _ratio(gw["cpu_ms_per_call_s"], ab["cpu_ms_per_call_s"])
+            if same else None,
+            "gateway_vs_peer": _ratio(gw["cpu_ms_per_call_s"], peer["cpu_ms_per_call_s"])
+            if same else None,
             "ceilings": {"bare_autobahn": ab, "websockets_peer": peer, "bare_produce": produce},
         })
     return out

@@ -110,6 +110,19 @@ async def _signal_ready(consumer: AIOKafkaConsumer, assignment: _Assignment, top
         return
 
 
+async def stop_clients(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
+                       errors: list[str]) -> None:
+    """A bench bot's clients stopped within bounds; a failed flush is one of its errors."""
+    with contextlib.suppress(Exception):
+        await consumer.stop()
+    try:
+        await asyncio.wait_for(producer.flush(), SHUTDOWN_TIMEOUT_S)
+    except (TimeoutError, KafkaError) as e:
+        errors.append(f"flush: {e!r}")
+    with contextlib.suppress(TimeoutError, KafkaError):
+        await asyncio.wait_for(producer.stop(), SHUTDOWN_TIMEOUT_S)
+
+
 async def run_stamp_bot(bootstrap: str, prefix: str, group_id: str, *,
                         ready: asyncio.Event | None, stop: asyncio.Event,
                         linger_ms: int = 1, from_beginning: bool = False,
@@ -279,14 +292,7 @@ async def run_stamp_bot(bootstrap: str, prefix: str, group_id: str, *,
     finally:
         ready_task.cancel()
         await asyncio.gather(ready_task, return_exceptions=True)
-        with contextlib.suppress(Exception):
-            await consumer.stop()
-        try:
-            await asyncio.wait_for(producer.flush(), SHUTDOWN_TIMEOUT_S)
-        except (TimeoutError, KafkaError) as e:
-            errors.append(f"flush: {e!r}")
-        with contextlib.suppress(TimeoutError, KafkaError):
-            await asyncio.wait_for(producer.stop(), SHUTDOWN_TIMEOUT_S)
+        await stop_clients(consumer, producer, errors)
     # Both read before the summary's sort, which is no part of answering records.
     usage = resource.getrusage(resource.RUSAGE_SELF)
     run_cpu_s = time.process_time() - cpu0

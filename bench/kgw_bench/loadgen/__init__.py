@@ -33,6 +33,13 @@ on plain non-blocking sockets (no Autobahn, no Twisted, no asyncio transports):
   does; after its last frame a call lingers until every chunk it sent has come
   back (or ``linger`` s), then hangs up with 1000.
 
+With ``--workload realistic`` (``kgw_bench.realistic``) each call follows a
+seeded script instead: speech (the template) in turns, quiet frames (zeros,
+still stamped) between them; its start message names its script
+(``campaign: bench-<index>``), and latency is read from the stamp at the head
+of each answer clip (the bot's audio is resampled by the node, so the 8-byte
+stamp could not survive). The echo workload (the default here) is unchanged.
+
 ``python -m kgw_bench.loadgen --url URL --calls N --seconds S --json``
 prints one JSON object as its last line; ``--procs P`` runs P child processes
 and aggregates them (latency percentiles over all their samples).

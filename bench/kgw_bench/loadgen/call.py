@@ -33,6 +33,7 @@ from kgw_bench.loadgen.frames import (
     client_frame,
     mask,
 )
+from kgw_bench.realistic import PREAMBLE_MS, latency_us, read_stamp
 
 if TYPE_CHECKING:
     from kgw_bench.loadgen.scheduler import LoadGen
@@ -41,6 +42,7 @@ OPEN_TIMEOUT_S = 10.0
 CLOSE_TIMEOUT_S = 5.0
 LINGER_S = 2.0
 
+STAMP_HEAD_BYTES = PREAMBLE_MS * SAMPLE_RATE // 1000 * 2  # the answer's stamp at 16 kHz
 _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux; the module lacks the name
 _TIMESPEC = struct.Struct("@qq")  # struct timespec on 64-bit Linux
 _ANCILLARY_BYTES = socket.CMSG_SPACE(_TIMESPEC.size)
@@ -101,6 +103,13 @@ class Call:
         self.frag_bytes = 0
         self.head = b""  # frame header + mask key
         self.tail = b""  # the masked template after the stamp
+        # The realistic workload: per frame 1 while speaking (see kgw_bench.realistic),
+        # and the masked tails of a speech and of a quiet frame.
+        self.script: bytes | None = None
+        self.tails: tuple[bytes, bytes] = (b"", b"")
+        self.answers = 0  # realistic: answers whose stamped head arrived
+        if gen.scripts is not None:
+            self._on_text = self._on_text_realistic  # type: ignore[method-assign]
         self.t0_us = 0
         self.warm_until_us = 0
         self.n_frames = gen.n_frames
@@ -326,7 +335,16 @@ class Call:
         self.connected = True
         self.head = b"\x82\xfe" + FRAME_BYTES.to_bytes(2, "big") + self.key
         self.tail = mask(gen.template, self.key)[STAMP_BYTES:]
-        start = encode_start(self.call_id, SAMPLE_RATE, f"+9198{self.index:08d}", "+918000000000")
+        campaign = ""
+        if gen.scripts is not None:
+            self.script = gen.scripts[self.index]
+            quiet = mask(bytes(FRAME_BYTES), self.key)[STAMP_BYTES:]
+            self.tails = (quiet, self.tail)
+            self.tail = self.tails[self.script[0]]
+            # The talk bot finds this call's script by it.
+            campaign = f"bench-{gen.index_base + self.index}"
+        start = encode_start(self.call_id, SAMPLE_RATE, f"+9198{self.index:08d}", "+918000000000",
+                             campaign=campaign)
         self.send(client_frame(0x1, start.encode("utf-8"), self.key))
         gen.opened(self)
         if gen.stopping:
@@ -392,17 +410,16 @@ class Call:
         else:
             self.gen.binary_frames += 1  # the gateway must never send binary
 
-    def _on_text(self, msg: bytes | bytearray, a: int, b: int, rx: int) -> None:
-        """A text message, ``msg[a:b]``, received at ``rx`` (µs since the epoch).
-
-        playAudio frames are not JSON-parsed: the base64 content is found with
-        ``find`` and only the 16 characters around each stamp are decoded.
-        """
+    def _play_audio(self, msg: bytes | bytearray, a: int, b: int
+                    ) -> tuple[int, int, int, int] | None:
+        """Where a playAudio frame's base64 audio is in ``msg[a:b]``: (start, end, offset of
+        the PCM in the decoded bytes, PCM bytes); None for any other text frame (counted,
+        and a hang-up frame acted on)."""
         gen = self.gen
         i = msg.find(AUDIO_KEY, a, b)
         if i < 0 or msg.find(b'"playAudio"', a, i) < 0:
             gen.other_text += 1
-            return
+            return None
         s = i + AUDIO_KEY_LEN
         if msg.startswith(b'None"', s, b):
             if msg.find(b'"asr_disconnect=true', s, b) >= 0:
@@ -412,21 +429,33 @@ class Call:
                     self._close(1000)
             else:
                 gen.other_text += 1
-            return
+            return None
         e = msg.find(b'"', s, b)
         if e < 0 or (e - s) % 4:
             gen.bad_play += 1
-            return
+            return None
         self.play_frames += 1
         size = (e - s) // 4 * 3 - (msg[e - 1] == EQ) - (msg[e - 2] == EQ)
         p = WAV_HEADER_BYTES if msg.find(b'"wave"', a, i) >= 0 else 0
-        pcm = size - p
+        return s, e, p, size - p
+
+    def _on_text(self, msg: bytes | bytearray, a: int, b: int, rx: int) -> None:
+        """A text message, ``msg[a:b]``, received at ``rx`` (µs since the epoch).
+
+        playAudio frames are not JSON-parsed: the base64 content is found with
+        ``find`` and only the 16 characters around each stamp are decoded.
+        """
+        gen = self.gen
+        found = self._play_audio(msg, a, b)
+        if found is None:
+            return
+        s, e, p, pcm = found
         if pcm > 0:
             self.play_chunks += (pcm + FRAME_BYTES - 1) // FRAME_BYTES
             if rx >= self.warm_until_us:
                 lat = gen.lat
                 a2b = binascii.a2b_base64
-                last = size - STAMP_BYTES
+                last = p + pcm - STAMP_BYTES  # the decoded size
                 while p <= last:
                     g = p // 3
                     c = s + 4 * g
@@ -446,6 +475,43 @@ class Call:
             self.ended = COMPLETED
             self._close(1000)
 
+    def _on_text_realistic(self, msg: bytes | bytearray, a: int, b: int, rx: int) -> None:
+        """A text message in the realistic workload: one latency sample per answer.
+
+        The bot's answers are resampled by the node, so no byte of them survives
+        as it was sent: the stamp is a run of DC levels at the answer's head
+        (``realistic.read_stamp``), looked for at the head of every clip.
+        """
+        gen = self.gen
+        found = self._play_audio(msg, a, b)
+        if found is None:
+            return
+        s, e, p, pcm = found
+        if pcm <= 0:
+            return
+        self.play_chunks += (pcm + FRAME_BYTES - 1) // FRAME_BYTES
+        need = p + STAMP_HEAD_BYTES
+        if pcm < STAMP_HEAD_BYTES:
+            return
+        try:
+            raw = binascii.a2b_base64(msg[s:min(s + (need + 2) // 3 * 4, e)])
+        except (binascii.Error, ValueError):
+            gen.bad_play += 1
+            return
+        stamp32 = read_stamp(raw, p)
+        if stamp32 is None:
+            return  # not the head of an answer
+        if stamp32 < 0:
+            gen.bad_stamps += 1
+            return
+        self.answers += 1
+        if rx >= self.warm_until_us:
+            d = latency_us(rx, stamp32)
+            if d < MAX_LATENCY_US:
+                gen.lat.append(d / 1000.0)
+            else:
+                gen.bad_stamps += 1
+
     def _on_close(self, payload: bytes) -> None:
         code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
         if self.state == OPEN:
@@ -462,7 +528,8 @@ class Call:
     def stream_done(self) -> None:
         """Called by the scheduler after the last frame: wait for the echoes, then hang up."""
         self.streamed = True
-        if self.play_chunks >= self.frames_sent:
+        # Realistic: the script leaves room for the last answer; the caller then hangs up.
+        if self.script is not None or self.play_chunks >= self.frames_sent:
             self.ended = COMPLETED
             self._close(1000)
         else:

@@ -23,6 +23,7 @@ from typing import Any
 from kgw_bench.loadgen.call import LINGER_S, OPEN_TIMEOUT_S, Target
 from kgw_bench.loadgen.scheduler import TICK_MS, run
 from kgw_bench.loadgen.stats import summarize
+from kgw_bench.realistic import DEFAULT_SEED, WORKLOADS
 
 # --- several processes -------------------------------------------------------------------
 
@@ -30,12 +31,13 @@ _SUMMED = ("calls", "calls_connected", "calls_failed", "calls_completed", "calls
            "calls_closed_by_server", "calls_lost", "calls_stopped", "calls_protocol_error",
            "frames_expected", "frames_sent", "play_frames_received", "play_chunks_received",
            "hangup_frames_received", "other_text_frames", "binary_frames_received",
-           "bad_play_frames", "bad_stamps", "late_frames")
+           "bad_play_frames", "bad_stamps", "late_frames", "answers_heard",
+           "turns_scripted", "barge_ins_scripted")
 _SAMPLES = (("lat", "d"), ("lag", "q"), ("rd", "q"))
 
 
 def _child_command(args: argparse.Namespace, calls: int, start_at: float,
-                   samples_out: str) -> list[str]:
+                   samples_out: str, index_base: int = 0) -> list[str]:
     cmd = [sys.executable, "-m", "kgw_bench.loadgen", "--url", args.url,
            "--calls", str(calls), "--seconds", repr(args.seconds), "--warmup", repr(args.warmup),
            "--ramp", repr(args.ramp), "--linger", repr(args.linger),
@@ -44,6 +46,9 @@ def _child_command(args: argparse.Namespace, calls: int, start_at: float,
            "--start-at", repr(start_at), "--samples-out", samples_out]
     if args.no_kernel_stamps:
         cmd.append("--no-kernel-stamps")
+    if args.workload != "echo":
+        cmd += ["--workload", args.workload, "--seed", str(args.seed),
+                "--index-base", str(index_base)]
     return cmd
 
 
@@ -64,9 +69,11 @@ def _run_procs(args: argparse.Namespace) -> dict[str, Any]:
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     with tempfile.TemporaryDirectory(prefix="kgw-loadgen-") as tmp:
         try:
+            base = args.index_base
             for j in range(procs):
                 n = args.calls // procs + (1 if j < args.calls % procs else 0)
-                cmd = _child_command(args, n, start_at, os.path.join(tmp, f"c{j}"))
+                cmd = _child_command(args, n, start_at, os.path.join(tmp, f"c{j}"), base)
+                base += n
                 children.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True))
             for j, child in enumerate(children):
                 out, _ = child.communicate()
@@ -98,6 +105,7 @@ def _run_procs(args: argparse.Namespace) -> dict[str, Any]:
         for code, n in p.get("server_close_codes", {}).items():
             codes[code] = codes.get(code, 0) + n
     counts["server_close_codes"] = codes
+    counts["workload"] = args.workload
     error_count = sum(p.get("error_count", 0) for p in parts) + (len(children) - len(parts))
     result = summarize(counts, samples["lat"], samples["lag"], samples["rd"],
                        run_cpu_s=sum(p.get("run_cpu_s", 0.0) for p in parts),
@@ -127,6 +135,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-kernel-stamps", action="store_true",
                    help="take receive times when read, not the kernel's SO_TIMESTAMPNS")
     p.add_argument("--json", action="store_true", help="print only the JSON result line")
+    p.add_argument("--workload", choices=WORKLOADS, default="echo",
+                   help="echo: every frame speech, echoed; realistic: turns (kgw_bench.realistic)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="the realistic calls' script")
+    p.add_argument("--index-base", type=int, default=0,
+                   help="realistic: the first call's index in the script (several generators)")
     p.add_argument("--start-at", type=float, default=None, help=argparse.SUPPRESS)
     p.add_argument("--samples-out", default=None, help=argparse.SUPPRESS)
     return p
@@ -140,7 +153,8 @@ async def _main_one(args: argparse.Namespace) -> dict[str, Any]:
     result, gen = await run(args.url, args.calls, args.seconds, args.warmup, args.ramp,
                              linger=args.linger, open_timeout=args.open_timeout,
                              kernel_stamps=not args.no_kernel_stamps, tick_ms=args.tick_ms,
-                             start_at=args.start_at, stop=stop)
+                             start_at=args.start_at, stop=stop, workload=args.workload,
+                             seed=args.seed, index_base=args.index_base)
     if args.samples_out:
         for name, samples in (("lat", gen.lat), ("lag", gen.lags), ("rd", gen.read_delays)):
             with open(f"{args.samples_out}.{name}", "wb") as f:

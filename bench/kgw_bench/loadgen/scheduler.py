@@ -37,6 +37,7 @@ from kgw_bench.loadgen.call import (
 )
 from kgw_bench.loadgen.frames import PERIOD_US, noise_template
 from kgw_bench.loadgen.stats import MAX_ERRORS, summarize
+from kgw_bench.realistic import DEFAULT_SEED, WORKLOADS, conversation, speaking
 
 LATE_US = 5_000  # a frame sent later than this after its due time counts as late
 TICK_MS = 1.0  # the scheduler's period: reads and due frames are handled once per tick
@@ -47,7 +48,8 @@ class LoadGen:
 
     def __init__(self, url: str, calls: int, seconds: float, warmup: float, ramp: float,
                  linger: float, open_timeout: float, kernel_stamps: bool = True,
-                 tick_ms: float = TICK_MS) -> None:
+                 tick_ms: float = TICK_MS, workload: str = "echo",
+                 seed: int = DEFAULT_SEED, index_base: int = 0) -> None:
         if calls < 1:
             raise ValueError(f"calls must be at least 1; got {calls}")
         if seconds <= 0 or warmup < 0 or ramp < 0 or linger < 0 or open_timeout <= 0:
@@ -64,6 +66,17 @@ class LoadGen:
         self.linger = linger
         self.open_timeout = open_timeout
         self.template = noise_template()
+        if workload not in WORKLOADS:
+            raise ValueError(f"workload must be one of {', '.join(WORKLOADS)}; got {workload!r}")
+        self.workload = workload
+        # Realistic: each call's script, per frame 1 while the caller speaks (seeded).
+        convs = [] if workload == "echo" else [conversation(seed, index_base + i, seconds)
+                                               for i in range(calls)]
+        self.scripts: list[bytes] | None = None if workload == "echo" else [
+            speaking(turns, self.n_frames) for turns in convs]
+        self.turns_scripted = sum(len(turns) for turns in convs)
+        self.barge_ins_scripted = sum(t.barged for turns in convs for t in turns)
+        self.index_base = index_base
         # One receive buffer for every call: each read is parsed before the next one,
         # and recv_into a preallocated buffer is much cheaper than recv() of a new one.
         self.rxbuf = bytearray(256 * 1024)
@@ -222,6 +235,8 @@ class LoadGen:
             if lag > LATE_US:
                 late += 1
             k = call.frames_sent = call.frames_sent + 1
+            if call.script is not None and k < call.n_frames:
+                call.tail = call.tails[call.script[k]]  # realistic: speaking or quiet
             if k >= call.n_frames:
                 heapq.heappop(heap)
                 call.stream_done()
@@ -265,6 +280,10 @@ class LoadGen:
             "late_frames": self.late,
             "max_unsent_bytes": self.max_unsent,
             "kernel_rx_stamps": self.kernel_stamps and len(self.read_delays) > 0,
+            "workload": self.workload,
+            "answers_heard": sum(c.answers for c in self.calls),
+            "turns_scripted": self.turns_scripted,
+            "barge_ins_scripted": self.barge_ins_scripted,
         }
 
 
@@ -272,9 +291,11 @@ class LoadGen:
 async def run(url: str, calls: int, seconds: float, warmup: float, ramp: float, *,
                linger: float = LINGER_S, open_timeout: float = OPEN_TIMEOUT_S,
                kernel_stamps: bool = True, tick_ms: float = TICK_MS,
-               start_at: float | None = None,
-               stop: asyncio.Event | None = None) -> tuple[dict[str, Any], LoadGen]:
-    gen = LoadGen(url, calls, seconds, warmup, ramp, linger, open_timeout, kernel_stamps, tick_ms)
+               start_at: float | None = None, stop: asyncio.Event | None = None,
+               workload: str = "echo", seed: int = DEFAULT_SEED,
+               index_base: int = 0) -> tuple[dict[str, Any], LoadGen]:
+    gen = LoadGen(url, calls, seconds, warmup, ramp, linger, open_timeout, kernel_stamps, tick_ms,
+                  workload, seed, index_base)
     if start_at is not None:
         await asyncio.sleep(max(0.0, start_at - time.time()))
     cpu0, wall0 = time.process_time(), time.monotonic()
