@@ -55,11 +55,13 @@ def go_bot(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextlib.asynccontextmanager
-async def running_go_bot(binary: Path, bootstrap: str, prefix: str) -> AsyncIterator[list[str]]:
+async def running_go_bot(binary: Path, bootstrap: str, prefix: str, *extra: str,
+                         env: dict[str, str] | None = None) -> AsyncIterator[list[str]]:
     """Start the bot; yield (once it holds partitions) the log lines it has written so far,
     a list that keeps growing; on exit SIGTERM it and wait for a clean stop."""
     proc = await asyncio.create_subprocess_exec(
         str(binary), "--kafka", bootstrap, "--topic-prefix", prefix, "--group", prefix + "-go",
+        *extra, env={**os.environ, **(env or {})},
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE)
     assert proc.stderr is not None
@@ -122,3 +124,36 @@ async def test_go_bot_echoes_the_caller_bit_exact(
                     and playback_kind(r) is m.PlaybackKind.AUDIO_DROPPED]
     assert any(f"call_id={call_id}" in line and "event=call_started" in line
                for line in bot_log), "\n".join(bot_log)
+
+
+@in_twisted
+async def test_go_bot_echoes_on_sasl_ssl(topic_prefix: str, go_bot: Path, tmp_path: Path) -> None:
+    """The same bot with the gateway's access settings (SCRAM-SHA-512 over TLS, the
+    password from the environment) on the local broker's SASL_SSL listener."""
+    from dataclasses import replace
+
+    from gateway.kafka_access import KafkaAccess
+    from gateway.localkafka import LocalKafka
+    from gateway.localkafka.secure import USER
+
+    sent = known_audio(1.0, seed=3)
+    wav = tmp_path / "in.wav"
+    wav.write_bytes(encode_wav(sent, RATE))
+    with LocalKafka(secure=True) as kafka:
+        s = kafka.secure_listener
+        assert s is not None
+        access = KafkaAccess(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
+                             sasl_username=USER, sasl_password_file=str(s.password_file),
+                             ssl_ca_file=str(s.ca_file))
+        config = replace(node_config(s.bootstrap, topic_prefix), kafka_access=access)
+        async with running_node(config) as node, running_go_bot(
+                go_bot, s.bootstrap, topic_prefix, "--kafka-security-protocol", "SASL_SSL",
+                "--kafka-sasl-mechanism", "SCRAM-SHA-512", "--kafka-sasl-username", USER,
+                "--kafka-ssl-ca-file", str(s.ca_file),
+                env={"KGW_KAFKA_SASL_PASSWORD": s.password}):
+            result = await simulate(url_of(node), [
+                "--audio", str(wav), "--seconds", "1.0", "--linger-s", "2", "--out",
+                str(tmp_path)])
+        (call,) = result["calls"]
+        heard, _ = decode_wav((tmp_path / f"{call['call_id']}.heard.wav").read_bytes())
+        assert heard == sent

@@ -191,3 +191,12 @@ def test_every_record_header_is_documented() -> None:
     assert len(names) == 5 and len(types) == 4
     for value in (*names, *types):
         assert f"`{value}`" in README, value
+
+
+def test_the_go_bot_s_flag_table_is_its_flags() -> None:
+    """examples/go-echo-bot/README.md tables exactly the flags main.go declares, each with
+    the environment variable main.go reads for it."""
+    bot = ROOT / "examples" / "go-echo-bot"
+    declared = re.findall(r'flag\.\w+\("([\w-]+)", env\w*\("(\w+)"', (bot / "main.go").read_text())
+    tabled = re.findall(r"^\| `--([\w-]+)` \| `(\w+)` \|", (bot / "README.md").read_text(), re.M)
+    assert declared and sorted(declared) == sorted(tabled)

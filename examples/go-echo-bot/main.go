@@ -13,6 +13,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"flag"
 	"fmt"
 	"log"
@@ -24,6 +26,8 @@ import (
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sasl/plain"
+	"github.com/twmb/franz-go/pkg/sasl/scram"
 	"google.golang.org/protobuf/proto"
 
 	gatewayv1 "knowlarity-gateway/examples/go-echo-bot/gen/knowlarity/gateway/v1"
@@ -42,10 +46,26 @@ func main() {
 	maxBacklog := flag.Duration("max-backlog", envDuration("KGW_BOT_MAX_BACKLOG", 2*time.Second),
 		"skip caller audio the node received longer ago than this: a stale backlog after a "+
 			"restart or rebalance is not worth answering (env KGW_BOT_MAX_BACKLOG)")
+	// Kafka access: the gateway's own settings and environment variables (README,
+	// "Kafka security"); OAUTHBEARER and client certificates are left out here.
+	protocol := flag.String("kafka-security-protocol", env("KGW_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT"),
+		"PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (env KGW_KAFKA_SECURITY_PROTOCOL)")
+	mechanism := flag.String("kafka-sasl-mechanism", env("KGW_KAFKA_SASL_MECHANISM", "PLAIN"),
+		"PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (env KGW_KAFKA_SASL_MECHANISM)")
+	username := flag.String("kafka-sasl-username", env("KGW_KAFKA_SASL_USERNAME", ""),
+		"SASL user name (env KGW_KAFKA_SASL_USERNAME)")
+	passwordFile := flag.String("kafka-sasl-password-file", env("KGW_KAFKA_SASL_PASSWORD_FILE", ""),
+		"file holding the SASL password, or set KGW_KAFKA_SASL_PASSWORD (env KGW_KAFKA_SASL_PASSWORD_FILE)")
+	caFile := flag.String("kafka-ssl-ca-file", env("KGW_KAFKA_SSL_CA_FILE", ""),
+		"PEM file of the brokers' CAs; empty: the system's (env KGW_KAFKA_SSL_CA_FILE)")
 	flag.Parse()
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
+	access, err := accessOptions(*protocol, *mechanism, *username, *passwordFile, *caFile)
+	if err != nil {
+		log.Fatalf("kafka access: %v", err)
+	}
 
-	client, err := kgo.NewClient(
+	client, err := kgo.NewClient(append(access,
 		kgo.SeedBrokers(strings.Split(*kafka, ",")...),
 		kgo.ConsumerGroup(*group),
 		kgo.ConsumeTopics(*prefix+".calls.inbound"),
@@ -68,7 +88,7 @@ func main() {
 		// a 1 ms linger makes batches of a command or two, where compression saves
 		// little of the PCM and adds to each command's way to the caller.
 		kgo.ProducerBatchCompression(kgo.NoCompression()),
-	)
+	)...)
 	if err != nil {
 		log.Fatalf("kafka client: %v", err)
 	}
@@ -176,6 +196,55 @@ func header(rec *kgo.Record, name string) string {
 		}
 	}
 	return ""
+}
+
+// accessOptions turns the access settings into client options: TLS with the CA file
+// (or the system's CAs), SASL with the password from its file or the environment.
+func accessOptions(protocol, mechanism, username, passwordFile, caFile string) ([]kgo.Opt, error) {
+	var opts []kgo.Opt
+	switch protocol {
+	case "PLAINTEXT", "SASL_PLAINTEXT":
+	case "SSL", "SASL_SSL":
+		config := &tls.Config{MinVersion: tls.VersionTLS12}
+		if caFile != "" {
+			pem, err := os.ReadFile(caFile)
+			if err != nil {
+				return nil, err
+			}
+			config.RootCAs = x509.NewCertPool()
+			if !config.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("no certificate in %s", caFile)
+			}
+		}
+		opts = append(opts, kgo.DialTLSConfig(config))
+	default:
+		return nil, fmt.Errorf("unknown security protocol %q", protocol)
+	}
+	if !strings.HasPrefix(protocol, "SASL_") {
+		return opts, nil
+	}
+	password := os.Getenv("KGW_KAFKA_SASL_PASSWORD")
+	if passwordFile != "" {
+		raw, err := os.ReadFile(passwordFile)
+		if err != nil {
+			return nil, err
+		}
+		password = strings.TrimSpace(string(raw))
+	}
+	if username == "" || password == "" {
+		return nil, fmt.Errorf("SASL %s needs a user name and a password", mechanism)
+	}
+	switch mechanism {
+	case "PLAIN":
+		opts = append(opts, kgo.SASL(plain.Auth{User: username, Pass: password}.AsMechanism()))
+	case "SCRAM-SHA-256":
+		opts = append(opts, kgo.SASL(scram.Auth{User: username, Pass: password}.AsSha256Mechanism()))
+	case "SCRAM-SHA-512":
+		opts = append(opts, kgo.SASL(scram.Auth{User: username, Pass: password}.AsSha512Mechanism()))
+	default:
+		return nil, fmt.Errorf("SASL mechanism %q is not in this example", mechanism)
+	}
+	return opts, nil
 }
 
 func env(name, fallback string) string {
