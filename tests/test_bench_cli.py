@@ -29,3 +29,36 @@ def test_bench_without_the_bench_package_says_how_to_install_it(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert BENCH_MISSING in err and "pip install -e '.[bench]' -e ./bench" in err
+
+
+def test_with_workers_the_gateway_s_cpu_is_its_workers() -> None:
+    """bench --workers N samples the supervisor's N children, not the supervisor; one
+    worker is the gateway process itself. A supervisor without N children is an error."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from kgw_bench.run import _free_port_run, _port_free, _worker_pids
+
+    assert _worker_pids(os.getpid(), 1) == [os.getpid()]
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        "kids = [subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])"
+        " for _ in range(2)]\n"
+        "print(' '.join(str(k.pid) for k in kids), flush=True)\n"
+        "time.sleep(30)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        kids = sorted(int(p) for p in parent.stdout.readline().split())
+        time.sleep(0.2)
+        assert _worker_pids(parent.pid, 2) == kids
+        with pytest.raises(RuntimeError, match="has 2 children, not 3"):
+            _worker_pids(parent.pid, 3)
+    finally:
+        for pid in kids:
+            os.kill(pid, 9)
+        parent.kill()
+        parent.wait()
+    first = _free_port_run(3)
+    assert all(_port_free(first + k) for k in range(3))

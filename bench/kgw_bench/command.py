@@ -72,6 +72,9 @@ BENCH_SETTINGS: tuple[Setting, ...] = with_defaults((
     *nested(ACCESS_SETTINGS, "kafka_access"),
     Setting("gateways", "KGW_BENCH_GATEWAYS", None, "gateway processes sharing the calls",
             positive(int), path="load.gateways"),
+    Setting("workers", "KGW_BENCH_WORKERS", None,
+            "each gateway as serve --workers N (N nodes on one port; its CPU is theirs)",
+            positive(int), path="load.workers"),
     Setting("loadgen_procs", "KGW_BENCH_LOADGEN_PROCS", None, "load generator processes",
             positive(int), path="load.loadgen_procs"),
     Setting("aggregate_ms", "KGW_BENCH_AGGREGATE_MS", None,
@@ -145,10 +148,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _workers(r: dict[str, Any]) -> str:
+    n = r.get("workers", 1)
+    return f" of {n} workers each" if n > 1 else ""
+
+
 def summary(r: dict[str, Any]) -> str:
     lines = [
-        f"{r['calls']} calls x {r['seconds']:g} s through {r['gateways']} gateway process(es), "
-        f"{r.get('workload', 'echo')} workload",
+        f"{r['calls']} calls x {r['seconds']:g} s through {r['gateways']} gateway process(es)"
+        f"{_workers(r)}, {r.get('workload', 'echo')} workload",
         f"  gateway CPU     {r['gateway_cpu_ms_per_call_s']} ms per call-second"
         f"   (RSS {r['rss_kb_per_call']} KB per call)",
         f"  frames lost     {r['frames_lost']}",

@@ -14,6 +14,7 @@ with pacing off. The ceilings echo, so they always run the echo load.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,8 @@ class Load:
     ramp: float = 2.0  # call starts spread over this
     loadgen_procs: int = 1
     gateways: int = 1
+    # Each gateway as `serve --workers N`: N node processes sharing its port.
+    workers: int = 1
     # Caller frames per inbound record, in ms (0: the node's default).
     aggregate_ms: int = 0
     # py-spy the gateway during the window (its own CPU then reads high).
@@ -112,6 +115,35 @@ def _sleep_until(t: float) -> None:
         time.sleep(delay)
 
 
+def _free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive free ports (a gateway's workers' metrics)."""
+    for _ in range(50):
+        first = free_port()
+        if all(_port_free(first + k) for k in range(1, count)):
+            return first
+    raise RuntimeError(f"no run of {count} free ports found")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _worker_pids(pid: int, workers: int) -> list[int]:
+    """The processes whose CPU is the gateway's: itself, or the workers its supervisor
+    started (its children; the supervisor's own CPU is no call's)."""
+    if workers == 1:
+        return [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    if len(children) != workers:
+        raise RuntimeError(f"the supervisor {pid} has {len(children)} children, not {workers}")
+    return sorted(int(c) for c in children)
+
+
 def _wait_ready(child: Child, url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not http_ready(url):
@@ -162,8 +194,9 @@ def measure_gateway(bootstrap: str, load: Load, log_dir: Path,
     others: list[Child] = []
     try:
         ports = []
+        workers: list[int] = []  # the pids whose CPU is the gateway's
         for i in range(load.gateways):
-            port, mport = free_port(), free_port()
+            port, mport = free_port(), _free_port_run(load.workers)
             args = ["-m", "gateway", "serve", "--listen", f"tcp:{port}:interface=127.0.0.1",
                     "--kafka", bootstrap, "--node-id", f"bench{i}", "--topic-prefix", prefix,
                     "--metrics-listen", f"tcp:{mport}:interface=127.0.0.1",
@@ -172,9 +205,13 @@ def measure_gateway(bootstrap: str, load: Load, log_dir: Path,
                 args[-4:-4] = ["--playout-paced", "false"]
             if load.aggregate_ms:
                 args += ["--aggregate-ms", str(load.aggregate_ms)]
+            if load.workers > 1:
+                args += ["--workers", str(load.workers)]
             node = Child(f"gateway{i}", args, log_dir)
             nodes.append(node)
-            _wait_ready(node, f"http://127.0.0.1:{mport}/readyz")
+            for k in range(load.workers):  # worker k serves metrics on the port + k
+                _wait_ready(node, f"http://127.0.0.1:{mport + k}/readyz")
+            workers += _worker_pids(node.pid, load.workers)
             ports.append(port)
         if load.workload == "echo":
             bot = Child("stampbot", ["-m", "kgw_bench.stampbot", "--kafka", bootstrap,
@@ -194,7 +231,7 @@ def measure_gateway(bootstrap: str, load: Load, log_dir: Path,
                       log_dir)
         others.append(probe)
         probe.wait_for_line("event=probe_ready", 60)
-        window = _Window([n.pid for n in nodes], load, log_dir if load.profile else None)
+        window = _Window(workers, load, log_dir if load.profile else None)
         _sleep_until(t0)
         gens = _loadgens([f"ws://127.0.0.1:{p}{PATH}" for p in ports], load, log_dir, "gw")
         others += gens
@@ -320,6 +357,7 @@ def bench_once(bootstrap: str, load: Load, *, ceilings: bool = True,
         "calls": load.calls,
         "seconds": load.seconds,
         "gateways": load.gateways,
+        "workers": load.workers,
         "gateway_cpu_ms_per_call_s": gw["cpu_ms_per_call_s"],
         "frames_lost": gw["frames_lost_inbound"] + gw["frames_lost_outbound"],
         "inbound_p50_ms": (gw["inbound_latency_ms"] or {}).get("p50"),
