@@ -18,13 +18,16 @@ import os
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, TypeVar
 
 from aiokafka.abc import AbstractTokenProvider
+from aiokafka.conn import create_conn  # probe: one connection, no client machinery
+from aiokafka.errors import KafkaError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
 from aiokafka.helpers import create_ssl_context
 
-from gateway.settings import Setting, boolean, choice
+from gateway.settings import Setting, as_text, boolean, choice, from_args
 
 _T = TypeVar("_T")
 
@@ -210,9 +213,6 @@ async def probe(kafka: Target, timeout_s: float = 10.0) -> None:
     password must instead stop the command with a clear message. A broker that cannot be
     reached at all is not an error here.
     """
-    from aiokafka.conn import create_conn  # one connection, no client machinery
-    from aiokafka.errors import KafkaError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
-
     options = options_of(kafka)
     servers = str(options.pop("bootstrap_servers"))
     keep = ("security_protocol", "ssl_context", "sasl_mechanism", "sasl_plain_username",
@@ -244,8 +244,6 @@ def _reason(error: Exception) -> str:
 async def explained(kafka: Target, work: Callable[[], Awaitable[_T]]) -> _T:
     """``await work()``; a Kafka error there caused by refused credentials or TLS is
     raised as ``AccessError`` saying so (aiokafka says only "Unable to bootstrap")."""
-    from aiokafka.errors import KafkaError
-
     try:
         return await work()
     except KafkaError:
@@ -256,16 +254,10 @@ async def explained(kafka: Target, work: Callable[[], Awaitable[_T]]) -> _T:
 def from_env(env: Mapping[str, str] | None = None) -> KafkaAccess:
     """The access settings from the environment alone (``KGW_KAFKA_*``): for helper
     processes a command starts, which inherit its environment (``as_env``)."""
-    from gateway.settings import from_args  # the table's own parsing, defaults included
-
     access: KafkaAccess = from_args(KafkaAccess(), ACCESS_SETTINGS, None, env)
     return access
 
 
 def as_env(access: KafkaAccess) -> dict[str, str]:
     """``access`` as the environment variables ``from_env`` reads (no secret: paths)."""
-    from operator import attrgetter
-
-    from gateway.settings import as_text
-
     return {s.env: as_text(attrgetter(s.target)(access)) for s in ACCESS_SETTINGS}
