@@ -29,3 +29,24 @@ def free_ports(count: int = 1, preferred: int | None = None) -> list[int]:
 def free_port() -> int:
     """One port unused on 127.0.0.1."""
     return free_ports(1)[0]
+
+
+def free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive ports unused on 127.0.0.1 (``serve --workers``
+    puts worker k's metrics on the given port + k)."""
+    for _ in range(50):
+        first = free_port()
+        if all(_free(first + k) for k in range(1, count)):
+            return first
+    raise RuntimeError(f"no run of {count} free ports found")
+
+
+def _free(port: int) -> bool:
+    if port > 65535:
+        return False
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

@@ -39,7 +39,8 @@ def test_with_workers_the_gateway_s_cpu_is_its_workers() -> None:
     import sys
     import time
 
-    from kgw_bench.run import _free_port_run, _port_free, _worker_pids
+    from gateway.ports import _free, free_port_run
+    from kgw_bench.run import _worker_pids
 
     assert _worker_pids(os.getpid(), 1) == [os.getpid()]
     parent = subprocess.Popen([sys.executable, "-c", (
@@ -60,5 +61,5 @@ def test_with_workers_the_gateway_s_cpu_is_its_workers() -> None:
             os.kill(pid, 9)
         parent.kill()
         parent.wait()
-    first = _free_port_run(3)
-    assert all(_port_free(first + k) for k in range(3))
+    first = free_port_run(3)
+    assert all(_free(first + k) for k in range(3))

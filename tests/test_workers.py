@@ -13,7 +13,6 @@ import contextlib
 import os
 import re
 import signal
-import socket
 import sys
 import time
 import urllib.error
@@ -28,7 +27,7 @@ from test_node_loss import Proc, ends
 from gateway.bot.echo_logic import EchoPolicy
 from gateway.core import model as m
 from gateway.core.wav import decode_wav, encode_wav
-from gateway.ports import free_port
+from gateway.ports import free_port_run
 from gateway.records import end_reason
 from gateway.testing import InboundReader
 
@@ -39,19 +38,6 @@ MARGIN_S = 4.0
 CALLS = 20
 LIVE_CALLS = 6
 STARTED = re.compile(r"worker (\d) started: node (\S+), pid (\d+)")
-
-
-def two_free_ports() -> int:
-    """A port p with p + 1 free too (worker k's metrics port is the given one + k)."""
-    for _ in range(50):
-        p = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", p + 1))
-            except OSError:
-                continue
-        return p
-    raise AssertionError("no two consecutive free ports")
 
 
 def readyz(port: int) -> int:
@@ -100,7 +86,7 @@ async def test_two_workers_share_a_port_and_a_killed_one_comes_back(
     end NODE_LOST exactly once while the other worker's go on; SIGTERM then drains both
     and the supervisor exits 0."""
     t0 = time.monotonic()
-    metrics = two_free_ports()
+    metrics = free_port_run(2)
     sup = Proc("supervisor", [
         sys.executable, "-m", "gateway.cli", "serve", "--workers", "2",
         "--listen", "tcp:0:interface=127.0.0.1", "--kafka", kafka_bootstrap,

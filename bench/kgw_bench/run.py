@@ -14,7 +14,6 @@ with pacing off. The ceilings echo, so they always run the echo load.
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.dev import http_ready
+from gateway.ports import free_port_run
 from kgw_bench.procs import Child, cpu_seconds, free_port, rss_kb
 from kgw_bench.realistic import DEFAULT_SEED
 
@@ -115,24 +115,6 @@ def _sleep_until(t: float) -> None:
         time.sleep(delay)
 
 
-def _free_port_run(count: int) -> int:
-    """The first of ``count`` consecutive free ports (a gateway's workers' metrics)."""
-    for _ in range(50):
-        first = free_port()
-        if all(_port_free(first + k) for k in range(1, count)):
-            return first
-    raise RuntimeError(f"no run of {count} free ports found")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _worker_pids(pid: int, workers: int) -> list[int]:
     """The processes whose CPU is the gateway's: itself, or the workers its supervisor
     started (its children; the supervisor's own CPU is no call's)."""
@@ -196,7 +178,7 @@ def measure_gateway(bootstrap: str, load: Load, log_dir: Path,
         ports = []
         workers: list[int] = []  # the pids whose CPU is the gateway's
         for i in range(load.gateways):
-            port, mport = free_port(), _free_port_run(load.workers)
+            port, mport = free_port(), free_port_run(load.workers)
             args = ["-m", "gateway", "serve", "--listen", f"tcp:{port}:interface=127.0.0.1",
                     "--kafka", bootstrap, "--node-id", f"bench{i}", "--topic-prefix", prefix,
                     "--metrics-listen", f"tcp:{mport}:interface=127.0.0.1",
