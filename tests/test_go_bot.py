@@ -132,7 +132,8 @@ async def test_go_bot_echoes_on_sasl_ssl(topic_prefix: str, go_bot: Path, tmp_pa
     password from the environment) on the local broker's SASL_SSL listener."""
     from dataclasses import replace
 
-    from gateway.kafka_access import KafkaAccess
+    from test_kafka_security import scram
+
     from gateway.localkafka import LocalKafka
     from gateway.localkafka.secure import USER
 
@@ -142,10 +143,7 @@ async def test_go_bot_echoes_on_sasl_ssl(topic_prefix: str, go_bot: Path, tmp_pa
     with LocalKafka(secure=True) as kafka:
         s = kafka.secure_listener
         assert s is not None
-        access = KafkaAccess(security_protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512",
-                             sasl_username=USER, sasl_password_file=str(s.password_file),
-                             ssl_ca_file=str(s.ca_file))
-        config = replace(node_config(s.bootstrap, topic_prefix), kafka_access=access)
+        config = replace(node_config(s.bootstrap, topic_prefix), kafka_access=scram(s))
         async with running_node(config) as node, running_go_bot(
                 go_bot, s.bootstrap, topic_prefix, "--kafka-security-protocol", "SASL_SSL",
                 "--kafka-sasl-mechanism", "SCRAM-SHA-512", "--kafka-sasl-username", USER,

@@ -165,15 +165,20 @@ def test_the_bus_knows_a_calls_headers_from_its_start_to_its_end_only() -> None:
     assert bus.live_calls == 0
 
 
-def test_a_call_writes_its_started_record_to_the_state_topic_then_a_tombstone() -> None:
-    """The state topic gets the started record's very bytes and headers, on the partition
-    numbered like the call's inbound one, and after the ended a tombstone behind it."""
+def one_call_entries() -> list[Entry]:
+    """What the bus queues for one call: started, one audio record, ended."""
     bus = new_bus()
     call = Call("c1")
     bus.publish(call.started())
     bus.publish(call.audio())
     bus.publish(call.ended())
-    entries = bus.outbox.take(100)
+    return bus.outbox.take(100)
+
+
+def test_a_call_writes_its_started_record_to_the_state_topic_then_a_tombstone() -> None:
+    """The state topic gets the started record's very bytes and headers, on the partition
+    numbered like the call's inbound one, and after the ended a tombstone behind it."""
+    entries = one_call_entries()
     started, *_, ended = on(INBOUND, entries)
     record, tombstone = on(STATE, entries)
     assert (record.value, record.headers) == (started.value, started.headers)
@@ -186,12 +191,7 @@ def test_a_call_writes_its_started_record_to_the_state_topic_then_a_tombstone() 
 def test_a_call_s_started_record_is_kept_for_audit_on_the_started_topic() -> None:
     """The ``calls.started`` topic gets the started record's very bytes and headers, kept
     (precious), and nothing else of the call: no tombstone, no loss note."""
-    bus = new_bus()
-    call = Call("c1")
-    bus.publish(call.started())
-    bus.publish(call.audio())
-    bus.publish(call.ended())
-    entries = bus.outbox.take(100)
+    entries = one_call_entries()
     started = on(INBOUND, entries)[0]
     (index,) = on(STARTED, entries)
     assert (index.value, index.headers, index.precious) == (started.value, started.headers, True)
