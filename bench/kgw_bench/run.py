@@ -90,7 +90,9 @@ class _Window:
         others = {k: _cpu_or_zero(p) for k, p in self._neighbours.items()}
         spies = [] if self._profile_to is None else [subprocess.Popen(
             [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(pid),
-             "-d", str(int(hi - lo)), "-r", "100", "-f", "raw",
+             # --gil: samples holding the GIL, i.e. Python running. Without it a send
+             # that wakes the broker and is preempted there reads as the send's cost.
+             "-d", str(int(hi - lo)), "-r", "100", "-f", "raw", "--gil",
              "-o", str(self._profile_to / f"profile-{pid}.txt")],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for pid in self._pids]
         _sleep_until(t0 + hi)
