@@ -260,7 +260,7 @@ class Bus:
             acks="all",
             enable_idempotence=True,
             compression_type=None if c.compression == "none" else c.compression,
-            linger_ms=c.linger_ms,
+            linger_ms=0,  # the node lingers itself (_send_partition)
             max_batch_size=_BATCH_BYTES,
             # Fresh metadata: a new leader, or a topic whose partitions changed,
             # is seen within seconds, not aiokafka's default five minutes.
@@ -485,6 +485,12 @@ class Bus:
         """Send one partition's queue, one batch in aiokafka at a time, until it is empty."""
         topic, partition = tp
         while True:
+            # The linger is spent here, before the batch is built, so that what arrives
+            # meanwhile rides in it (aiokafka's own linger, off, would hold a batch already
+            # closed to newcomers).
+            linger = self._c.linger_ms / 1000 - self.outbox.head_age(tp, time.monotonic())
+            if linger > 0:
+                await asyncio.sleep(linger)
             producer = self._producer
             entries = self.outbox.take_partition(tp, _TAKE, self._held)
             if not entries or producer is None:

@@ -176,6 +176,11 @@ class Outbox:
         heads = [q[0].queued_at for q in self._parts.values() if q]
         return now - min(heads) if heads else 0.0
 
+    def head_age(self, tp: TopicPartition, now: float) -> float:
+        """How long the partition's oldest waiting record has waited (0: none waits)."""
+        q = self._parts.get(tp)
+        return now - q[0].queued_at if q else 0.0
+
     def partitions(self) -> list[TopicPartition]:
         """Partitions with records waiting."""
         return [tp for tp, q in self._parts.items() if q]
