@@ -27,6 +27,7 @@ from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gateway.adapter.eager import send_eagerly
 from gateway.adapter.paths import match_path
 from gateway.config import NodeConfig
 from gateway.core import model as m
@@ -100,6 +101,10 @@ class ProviderProtocol(WebSocketServerProtocol):
     _check_peer = False
 
     # --- before the handshake ------------------------------------------------
+
+    def connectionMade(self) -> None:
+        send_eagerly(self.transport)
+        super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
         """Autobahn buffers the upgrade request without a bound and rescans it on every
