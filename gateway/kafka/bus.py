@@ -487,10 +487,15 @@ class Bus:
         while True:
             # The linger is spent here, before the batch is built, so that what arrives
             # meanwhile rides in it (aiokafka's own linger, off, would hold a batch already
-            # closed to newcomers).
-            linger = self._c.linger_ms / 1000 - self.outbox.head_age(tp, time.monotonic())
-            if linger > 0:
-                await asyncio.sleep(linger)
+            # closed to newcomers). It ends on a tick all partitions share, so their batches
+            # reach aiokafka in one loop turn and leave in one produce request, or sooner
+            # if the oldest record would otherwise wait longer than the linger.
+            linger = self._c.linger_ms / 1000
+            if linger:
+                now = time.monotonic()
+                wait = min(linger - now % linger, linger - self.outbox.head_age(tp, now))
+                if wait > 0:
+                    await asyncio.sleep(wait)
             producer = self._producer
             entries = self.outbox.take_partition(tp, _TAKE, self._held)
             if not entries or producer is None:
