@@ -67,6 +67,7 @@ from gateway import records, topics
 from gateway.clock import wall_offset
 from gateway.config import NodeConfig
 from gateway.core import model as m
+from gateway.kafka import zstd
 from gateway.kafka.clients import stop_within
 from gateway.kafka.outbox import NO_HEADERS, RECORD_OVERHEAD_BYTES, Entry, Headers, Loss, Outbox
 from gateway.kafka_access import Target, options_of, probe, target
@@ -255,6 +256,8 @@ class Bus:
         # One partition: a node's commands stay in the order bots sent them.
         await ensure_topics(kafka, [(c.commands_topic, 1, c.replication_factor)],
                             {**configs, "retention.ms": _ms(c.commands_retention_h)})
+        if c.compression == "zstd":
+            zstd.install()
         self._producer = AIOKafkaProducer(
             **kafka,
             acks="all",
