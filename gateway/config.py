@@ -215,8 +215,10 @@ _DECLARED: tuple[Setting, ...] = (
     Setting("buffer_call_share_bytes", "KGW_BUFFER_CALL_SHARE_BYTES", None,
             "most of the buffer one call may hold; beyond, that call's own oldest records go "
             "first", positive(int)),
-    Setting("linger_ms", "KGW_LINGER_MS", None, "producer linger (batching delay)",
-            non_negative(int)),
+    Setting("linger_ms", "KGW_LINGER_MS", None,
+            "producer linger: the longest a record waits for others to share its batch (all "
+            "partitions leave on one shared tick, so half of it on average; each batch costs "
+            "the node about 0.1 ms of CPU)", non_negative(int)),
     Setting("compression", "KGW_COMPRESSION", None,
             "Kafka compression of the node's records: " + ", ".join(COMPRESSIONS) + " (zstd: "
             "30 to 40 percent fewer broker bytes on speech for about 0.4 ms of CPU per "
@@ -281,7 +283,7 @@ class NodeConfig:
     buffer_bytes: int = 64 * 1024 * 1024
     buffer_call_share_bytes: int = 4 * 1024 * 1024
     buffer_max_s: float = 600.0
-    linger_ms: int = 5
+    linger_ms: int = 10
     compression: str = "zstd"
     audio_retention_h: float = 7 * 24.0  # Kafka's own default
     commands_retention_h: float = 24.0

@@ -29,7 +29,7 @@ def test_defaults_when_nothing_is_given():
         "tcp:8080", "127.0.0.1:9092", "node-7", "knowlarity")
     assert c.paths == ("/vaani/knowlarity/setup-call-streams", "/knowlarity-stream")
     assert (c.auth_token, c.allow_from, c.metrics_listen) == ("", (), "tcp:9100")
-    assert (c.max_frame_bytes, c.buffer_bytes, c.linger_ms) == (196608, 64 * 1024 * 1024, 5)
+    assert (c.max_frame_bytes, c.buffer_bytes, c.linger_ms) == (196608, 64 * 1024 * 1024, 10)
     assert (c.max_request_bytes, c.max_sockets, c.max_awaiting_start) == (16384, 200, 50)
     assert (c.max_write_buffer_bytes, c.playout_node_bytes) == (262144, 96 * 1024 * 1024)
     assert (c.buffer_call_share_bytes, c.allow_unauthenticated) == (4 * 1024 * 1024, False)
