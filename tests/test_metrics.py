@@ -5,6 +5,7 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
+import pytest
 from twisted.internet.task import Clock
 
 from gateway.config import NodeConfig
@@ -61,3 +62,29 @@ def test_call_duration_is_observed_once_per_ended_call() -> None:
     # A socket closed before its start message is no call.
     FakeProvider(node).open(start=None).send_close(1000)
     assert r.get_sample_value("kgw_call_duration_seconds_count") == 1.0
+
+
+def test_plain_counters_read_as_prometheus_counters() -> None:
+    from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+    from gateway.ops.metrics import PlainCounter
+
+    plain_reg, stock_reg = CollectorRegistry(), CollectorRegistry()
+    plain = PlainCounter("kgw_things", "things", ("kind",), registry=plain_reg)
+    stock = Counter("kgw_things", "things", ["kind"], registry=stock_reg)
+    bare = PlainCounter("kgw_bytes", "bytes", registry=plain_reg)
+    for kind, n in (("a", 3), ("b", 1), ("a", 2)):
+        plain.labels(kind).inc(n)
+        stock.labels(kind).inc(n)
+    bare.inc(640)
+    bare.inc()
+    for kind in ("a", "b"):
+        assert (plain_reg.get_sample_value("kgw_things_total", {"kind": kind})
+                == stock_reg.get_sample_value("kgw_things_total", {"kind": kind}))
+    assert plain_reg.get_sample_value("kgw_bytes_total") == 641
+    plain_text = generate_latest(plain_reg).decode()
+    stock_text = "".join(line for line in generate_latest(stock_reg).decode().splitlines(True)
+                         if "_created" not in line)
+    assert plain_text.startswith(stock_text)  # the same lines, without the _created ones
+    with pytest.raises(ValueError):
+        plain.labels("a", "extra")

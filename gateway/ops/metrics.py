@@ -10,6 +10,7 @@ of them is not exported here.
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -21,6 +22,7 @@ from prometheus_client import (
     PlatformCollector,
     ProcessCollector,
 )
+from prometheus_client.core import CounterMetricFamily
 
 from gateway import version
 
@@ -44,6 +46,56 @@ _LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2
 LOOP_LAG_PERIOD_S = 0.1
 
 
+class _Count:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+
+class PlainCounter:
+    """A counter for the hot path (every frame, command or batch): its increments are
+    plain additions, read by this collector when /metrics is scraped.
+
+    prometheus_client's Counter takes a lock on every ``inc`` and another in
+    ``labels``, for writers on several threads. Here only the loop's thread writes;
+    a scrape (in Twisted's thread pool) reads each value whole under the GIL and
+    copies the children before walking them. Exposed as a Counter is
+    (``<name>_total``), without the ``_created`` sample.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...] = (),
+                 *, registry: CollectorRegistry) -> None:
+        self._name, self._doc, self._labelnames = name, documentation, tuple(labelnames)
+        self._children: dict[tuple[str, ...], _Count] = {}
+        if not labelnames:
+            self._children[()] = _Count()
+        registry.register(self)
+
+    def labels(self, *values: str) -> _Count:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self._labelnames):
+                raise ValueError(f"{self._name} takes labels {self._labelnames}, not {values}")
+            child = self._children[values] = _Count()
+        return child
+
+    def inc(self, amount: float = 1) -> None:
+        self._children[()].value += amount
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [CounterMetricFamily(self._name, self._doc, labels=self._labelnames)]
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(self._name, self._doc, labels=self._labelnames)
+        for values, child in list(self._children.items()):  # labels() may add one meanwhile
+            family.add_metric(list(values), child.value)
+        yield family
+
+
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
@@ -65,17 +117,18 @@ class Metrics:
         self.sockets_closed_unstarted = Counter(
             "kgw_sockets_closed_unstarted", "sockets closed before a valid start message",
             registry=r)
-        self.frames_in = Counter("kgw_frames_in", "frames from the provider", ["kind"], registry=r)
-        # Bound once: labels() is a locked dict lookup, too dear for every frame.
+        self.frames_in = PlainCounter("kgw_frames_in", "frames from the provider", ("kind",),
+                                      registry=r)
+        # Bound once: no dict lookup per frame.
         self.frames_in_binary = self.frames_in.labels("binary")
         self.frames_in_text = self.frames_in.labels("text")
-        self.bytes_in = Counter("kgw_payload_in_bytes", "payload bytes from the provider",
-                                registry=r)
-        self.frames_out = Counter("kgw_frames_out", "frames to the provider", registry=r)
-        self.bytes_out = Counter("kgw_payload_out_bytes", "payload bytes to the provider",
-                                 registry=r)
-        self.records_produced = Counter("kgw_records_produced", "records acknowledged by Kafka",
-                                        registry=r)
+        self.bytes_in = PlainCounter("kgw_payload_in_bytes", "payload bytes from the provider",
+                                     registry=r)
+        self.frames_out = PlainCounter("kgw_frames_out", "frames to the provider", registry=r)
+        self.bytes_out = PlainCounter("kgw_payload_out_bytes", "payload bytes to the provider",
+                                      registry=r)
+        self.records_produced = PlainCounter("kgw_records_produced",
+                                             "records acknowledged by Kafka", registry=r)
         self.records_dropped = Counter(
             "kgw_records_dropped", "records that never reached Kafka (each reported on the bus)",
             ["why"], registry=r)
@@ -89,8 +142,8 @@ class Metrics:
         self.command_lag = Histogram(
             "kgw_command_lag_seconds", "command produced by a bot to received by the node",
             buckets=_LATENCY_BUCKETS, registry=r)
-        self.commands = Counter("kgw_commands", "commands received, by outcome", ["outcome"],
-                                registry=r)
+        self.commands = PlainCounter("kgw_commands", "commands received, by outcome",
+                                     ("outcome",), registry=r)
         self.calls_replaced = Counter(
             "kgw_calls_replaced", "live calls ended by a newer socket for the same call id",
             registry=r)
