@@ -198,6 +198,13 @@ class ProviderProtocol(WebSocketServerProtocol):
         f.host.socket_opened(self)
         self._run(self.call.opened(f.clock.seconds()))
 
+    def onMessageEnd(self) -> None:
+        """Autobahn's, less its "message" event: that fires a Deferred and two callbacks per
+        frame for listeners registered with ``on("message")``, and the gateway has none."""
+        if not self.failedByMe:
+            self._onMessage(b"".join(self.message_data), self.message_is_binary)
+        self.message_data = None
+
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         call = self.call
         if call is None:
