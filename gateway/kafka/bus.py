@@ -174,8 +174,11 @@ class Bus:
         # Ended calls: how many of their two ending records (ended, tombstone) are not
         # acknowledged yet. The lease hears of the end when none is.
         self._ends_owed: dict[str, int] = {}
-        self.outbox = Outbox(config.buffer_bytes, config.buffer_call_share_bytes,
-                             RECORD_OVERHEAD_BYTES, config.buffer_max_s)
+        self.outbox = outbox = Outbox(config.buffer_bytes, config.buffer_call_share_bytes,
+                                      RECORD_OVERHEAD_BYTES, config.buffer_max_s)
+        # Read when /metrics is scraped, not set on every wake of the drain loop.
+        metrics.buffer_records.set_function(lambda: len(outbox))
+        metrics.buffer_bytes.set_function(lambda: outbox.bytes + outbox.in_flight_bytes)
         self._wake = asyncio.Event()
         self._node_id = config.node_id
         self._producer: AIOKafkaProducer | None = None
@@ -459,8 +462,6 @@ class Bus:
                 sender = self._senders.get(tp)
                 if sender is None or sender.done():
                     self._senders[tp] = asyncio.ensure_future(self._send_partition(tp))
-            self._metrics.buffer_records.set(len(outbox))
-            self._metrics.buffer_bytes.set(outbox.bytes + outbox.in_flight_bytes)
             if not len(outbox) and not self._in_flight and not outbox.has_losses:
                 self._idle.set()
             self._wake.clear()
