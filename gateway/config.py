@@ -221,7 +221,7 @@ _DECLARED: tuple[Setting, ...] = (
             "the node about 0.1 ms of CPU)", non_negative(int)),
     Setting("compression", "KGW_COMPRESSION", None,
             "Kafka compression of the node's records: " + ", ".join(COMPRESSIONS) + " (zstd: "
-            "30 to 40 percent fewer broker bytes on speech for about 0.4 ms of CPU per "
+            "30 to 40 percent fewer broker bytes on speech for about 0.2 ms of CPU per "
             "call-second, as the benchmark measured)", choice(*COMPRESSIONS)),
     Setting("audio_retention_h", "KGW_AUDIO_RETENTION_H", None,
             "retention.ms, in hours, of the inbound, outbound and calls.started topics, set when "

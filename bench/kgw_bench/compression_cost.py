@@ -30,6 +30,7 @@ from gateway import records, topics
 from gateway.core import model as m
 from gateway.core.resample import to_call_rate
 from gateway.core.wav import decode_wav
+from gateway.kafka import zstd
 
 CODECS = (None, "gzip", "snappy", "lz4", "zstd")
 BATCHES = (1, 4, 16)
@@ -101,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=2.0, help="caller audio measured")
     parser.add_argument("--rate", type=int, default=16000, help="the call's sample rate")
     args = parser.parse_args(argv)
+    zstd.install()  # zstd as the node compresses it: one reused context (gateway.kafka.zstd)
     clean = speech(args.minutes * 60, args.rate)
     hours = len(clean) / 2 / args.rate / 3600
     for label, pcm in (("speech, silent pauses", clean),
