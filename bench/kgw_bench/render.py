@@ -73,7 +73,6 @@ def render(res: dict[str, Any], argv: str) -> str:
     by = res["by_calls"]
     real = res.get("realistic_by_calls", [])
     agg = res["aggregated"]
-    split = res["split"]
     cap = res["capacity"]
     lo = min(by, key=lambda r: r["calls"])
     out = [
@@ -106,6 +105,10 @@ def render(res: dict[str, Any], argv: str) -> str:
         "",
         "## Against the targets",
         "",
+        "The issue's targets for this 2-core machine, each with the figure this run measured "
+        "(benchmark figures: no test asserts them). A figure from a run that lost frames is "
+        "marked saturated and meets no target: each of them asks for zero frames lost.",
+        "",
         *_targets(res),
         "",
         "How to read the tables: CPU per call-second falls as calls rise because part of "
@@ -130,14 +133,7 @@ def render(res: dict[str, Any], argv: str) -> str:
         _HEAD,
         *[_row(r) for r in agg],
         "",
-        "## One gateway process or two (echo workload)",
-        "",
-        f"{split['one']['calls']} calls through one process: "
-        f"{_f(split['one']['gateway_cpu_ms_per_call_s'], 2)} ms CPU per call-second; "
-        f"split over two processes: {_f(split['two']['gateway_cpu_ms_per_call_s'], 2)} "
-        f"(both processes' CPU over both halves' call-seconds; frames lost "
-        f"{split['two']['frames_lost']}, inbound p99 {_f(split['two']['inbound_p99_ms'])} ms).",
-        "",
+        *_workers(res),
     ]
     if "rss_300" in res:
         r3 = res["rss_300"]
@@ -188,56 +184,105 @@ def _at(rows: list[dict[str, Any]], calls: int) -> dict[str, Any] | None:
     return next((r for r in rows if r["calls"] == calls), None)
 
 
+# The issue's targets for this 2-core machine (benchmark figures, never asserted in tests).
+ECHO_CALLS = 50  # echo: CPU against bare Autobahn, loss, latency; one worker or two
+AUTOBAHN_RATIO = 1.3  # gateway CPU per call-s at most this times bare Autobahn's
+INBOUND_P50_MS = 15.0
+P99_MS = 50.0  # inbound p99 and command p99
+REALISTIC_CALLS = 100
+REALISTIC_CPU_MS = 5.0  # gateway CPU per call-s under this
+RSS_KB_PER_CALL = 150.0
+
+
+def _lost(r: dict[str, Any]) -> str:
+    """A figure's mark when its run lost frames: it describes a machine that gave up."""
+    return f" ({r['frames_lost']} frames lost: saturated)" if r["frames_lost"] else ""
+
+
+def _below(v: float | None, bound: float) -> bool:
+    return v is not None and v < bound
+
+
 def _targets(res: dict[str, Any]) -> list[str]:
     """The issue's targets, each with the figure this run measured and whether it holds."""
-    by = res["by_calls"]
     rows = ["| target | measured | met |", "|---|---|---|"]
 
     def add(target: str, measured: str, ok: bool | None) -> None:
         verdict = "yes" if ok else "no" if ok is not None else "–"
         rows.append(f"| {target} | {measured} | {verdict} |")
 
-    def note(r: dict[str, Any]) -> str:
-        # A ratio from a run that lost frames compares a machine that gave up.
-        return f" ({r['frames_lost']} frames lost: saturated)" if r["frames_lost"] else ""
+    e = _at(res["by_calls"], ECHO_CALLS)
+    at = f"{ECHO_CALLS} calls (echo)"
+    if e is None:
+        add(f"the echo targets, {at}", f"not measured (no {ECHO_CALLS}-call echo run)", None)
+    else:
+        ok = not e["frames_lost"]
+        ratio = e.get("gateway_vs_autobahn")
+        add(f"gateway ≤ {AUTOBAHN_RATIO:g} × bare Autobahn CPU per call-s, {at}",
+            f"{_f(ratio, 2)} ({_f(e['gateway_cpu_ms_per_call_s'], 2)} vs "
+            f"{_f(e.get('autobahn_cpu_ms_per_call_s'), 2)} ms){_lost(e)}",
+            ok and ratio is not None and ratio <= AUTOBAHN_RATIO)
+        add(f"zero frames lost, {at}",
+            f"{e['frames_lost']}" + (" (saturated)" if e["frames_lost"] else ""), ok)
+        add(f"inbound p50 < {INBOUND_P50_MS:g} ms, {at}", _f(e["inbound_p50_ms"]) + _lost(e),
+            ok and _below(e["inbound_p50_ms"], INBOUND_P50_MS))
+        add(f"inbound p99 < {P99_MS:g} ms, {at}", _f(e["inbound_p99_ms"]) + _lost(e),
+            ok and _below(e["inbound_p99_ms"], P99_MS))
+        add(f"command p99 < {P99_MS:g} ms, {at}", _f(e["command_p99_ms"]) + _lost(e),
+            ok and _below(e["command_p99_ms"], P99_MS))
 
-    sets = [(" (realistic)", res.get("realistic_by_calls") or []), (" (echo)", by)] \
-        if res.get("realistic_by_calls") else [("", by)]
-    for tag, rows_ in sets:
-        for n in (100, 200):
-            r = _at(rows_, n)
-            if r:
-                add(f"gateway ≤ 3.3 ms CPU per call-s with no loss, {n} calls{tag}",
-                    f"{_f(r['gateway_cpu_ms_per_call_s'], 2)} ms, {r['frames_lost']} frames lost",
-                    r["gateway_cpu_ms_per_call_s"] <= 3.3 and r["frames_lost"] == 0)
-    echo_tag = " (echo)" if res.get("realistic_by_calls") else ""
-    for r in by:
-        ratio = r.get("gateway_vs_autobahn")
-        add(f"gateway ≤ 1.25 × bare Autobahn, {r['calls']} calls{echo_tag}",
-            _f(ratio, 2) + note(r),
-            ratio is not None and ratio <= 1.25 and not r["frames_lost"])
-    for r in by:
-        ratio = r.get("gateway_vs_peer")
-        add(f"(stretch) gateway below the websockets peer, {r['calls']} calls{echo_tag}",
-            _f(ratio, 2) + note(r), ratio is not None and ratio < 1 and not r["frames_lost"])
-    for tag, rows_ in sets:
-        r = _at(rows_, 100)
+    target = (f"gateway < {REALISTIC_CPU_MS:g} ms CPU per call-s with zero frames lost, "
+              f"{REALISTIC_CALLS} calls (realistic)")
+    r = _at(res.get("realistic_by_calls") or [], REALISTIC_CALLS)
+    if r is None:
+        add(target, f"not measured (no {REALISTIC_CALLS}-call realistic run)", None)
+    else:
+        add(target, f"{_f(r['gateway_cpu_ms_per_call_s'], 2)} ms, {r['frames_lost']} frames "
+            f"lost{' (saturated)' if r['frames_lost'] else ''}",
+            not r["frames_lost"] and _below(r["gateway_cpu_ms_per_call_s"], REALISTIC_CPU_MS))
+
+    w = res.get("workers")
+    n = w["one"]["calls"] if w else ECHO_CALLS
+    target = f"two workers (`serve --workers 2`) cost no more per call-s than one, {n} calls (echo)"
+    if w is None:
+        add(target, "not measured", None)
+    else:
+        one, two = w["one"], w["two"]
+        a, b = one["gateway_cpu_ms_per_call_s"], two["gateway_cpu_ms_per_call_s"]
+        add(target, f"{_f(a, 2)} ms{_lost(one)} → {_f(b, 2)} ms{_lost(two)}",
+            not one["frames_lost"] and not two["frames_lost"]
+            and a is not None and b is not None and b <= a)
+
+    for n, r in ((ECHO_CALLS, _at(res["by_calls"], ECHO_CALLS)), (300, res.get("rss_300"))):
         if r:
-            add(f"100 calls: inbound p50 < 5 ms, p99 < 20 ms{tag}",
-                f"p50 {_f(r['inbound_p50_ms'])}, p99 {_f(r['inbound_p99_ms'])}",
-                (r["inbound_p50_ms"] or 1e9) < 5 and (r["inbound_p99_ms"] or 1e9) < 20)
-            add(f"100 calls: command p99 < 10 ms{tag}", _f(r["command_p99_ms"]),
-                (r["command_p99_ms"] or 1e9) < 10)
-    rss = [(n, _at(by, n)) for n in (50,)] + [(300, res.get("rss_300"))]
-    for n, r in rss:
-        if r:
-            add(f"RSS < 150 KB per call at {n} calls", f"{_f(r['rss_kb_per_call'])} KB",
-                r["rss_kb_per_call"] < 150)
-    split = res["split"]
-    one, two = split["one"]["gateway_cpu_ms_per_call_s"], split["two"]["gateway_cpu_ms_per_call_s"]
-    add(f"two processes cost no more per call-s ({split['one']['calls']} calls)",
-        f"{_f(one, 2)} → {_f(two, 2)}", two <= one)
+            add(f"RSS < {RSS_KB_PER_CALL:g} KB per call at {n} calls",
+                f"{_f(r['rss_kb_per_call'])} KB", r["rss_kb_per_call"] < RSS_KB_PER_CALL)
     return rows
+
+
+def _workers(res: dict[str, Any]) -> list[str]:
+    """One gateway with one worker against the same as `serve --workers 2`."""
+    if "workers" in res:
+        one, two = res["workers"]["one"], res["workers"]["two"]
+        head = "## One worker or two (echo workload)"
+        labels = ("one gateway, one worker", f"`serve --workers {two.get('workers', 2)}`")
+        text = (f"{one['calls']} calls through one gateway: as one worker, then as "
+                f"`serve --workers {two.get('workers', 2)}` (the workers' CPU together, the "
+                "supervisor's excluded, over the same call-seconds).")
+    else:
+        return []
+    return [
+        head, "", text, "",
+        "| gateway | calls | ms CPU per call-s | frames lost | inbound p50 ms "
+        "| inbound p99 ms | command p99 ms |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {label} | {r['calls']} | {_f(r['gateway_cpu_ms_per_call_s'], 2)} "
+          f"| {r['frames_lost']}{' (saturated)' if r['frames_lost'] else ''} "
+          f"| {_f(r['inbound_p50_ms'])} | {_f(r['inbound_p99_ms'])} "
+          f"| {_f(r['command_p99_ms'])} |"
+          for label, r in zip(labels, (one, two), strict=True)],
+        "",
+    ]
 
 
 def _profile_text(r: dict[str, Any]) -> str:
@@ -246,35 +291,61 @@ def _profile_text(r: dict[str, Any]) -> str:
     return summarise(files[0], top=20) if files else "(no profile file)"
 
 
+SATURATED = "frames lost (saturated)"
+
+
 def plot(res: dict[str, Any], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (lat, cpu) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (lat, cpu) = plt.subplots(1, 2, figsize=(12, 6))
     series = [(res["by_calls"], "-o", " (echo)"),
               (res["aggregated"], "--s", " (echo, aggregate 100 ms)")]
     if res.get("realistic_by_calls"):
         series.insert(0, (res["realistic_by_calls"], "-D", " (realistic)"))
+    marked = {lat: False, cpu: False}
+
+    def saturated(ax: Any, rows: list[dict[str, Any]], key: str) -> None:
+        """A hollow red ring on each point whose run lost frames; one legend entry."""
+        pts = [(r["calls"], r[key]) for r in rows if r["frames_lost"] and r.get(key) is not None]
+        if pts:
+            x, y = zip(*pts, strict=True)
+            ax.scatter(x, y, s=110, facecolors="none", edgecolors="red", linewidths=1.6,
+                       zorder=5, label="_nolegend_" if marked[ax] else SATURATED)
+            marked[ax] = True
+
     for rows, style, tag in series:
         n = [r["calls"] for r in rows]
-        lat.plot(n, [r["inbound_p50_ms"] for r in rows], style, label="inbound p50" + tag)
-        lat.plot(n, [r["inbound_p99_ms"] for r in rows], style, label="inbound p99" + tag)
-        lat.plot(n, [r["command_p99_ms"] for r in rows], style, label="command p99" + tag)
+        for key, name in (("inbound_p50_ms", "inbound p50"), ("inbound_p99_ms", "inbound p99"),
+                          ("command_p99_ms", "command p99")):
+            lat.plot(n, [r[key] for r in rows], style, label=name + tag)
+            saturated(lat, rows, key)
         cpu.plot(n, [r["gateway_cpu_ms_per_call_s"] for r in rows], style,
                  label="gateway" + tag)
+        saturated(cpu, rows, "gateway_cpu_ms_per_call_s")
         if any(r.get("autobahn_cpu_ms_per_call_s") for r in rows):
             cpu.plot(n, [r.get("autobahn_cpu_ms_per_call_s") for r in rows], style,
                      label="bare Autobahn" + tag)
     n = [r["calls"] for r in res["by_calls"]]
     cpu.plot(n, [r.get("websockets_peer_cpu_ms_per_call_s") for r in res["by_calls"]], ":^",
              label="websockets peer")
+    lat.axhline(INBOUND_P50_MS, color="grey", ls="--", lw=1,
+                label=f"target: inbound p50 < {INBOUND_P50_MS:g} ms (echo, {ECHO_CALLS} calls)")
+    lat.axhline(P99_MS, color="black", ls="--", lw=1,
+                label=f"target: inbound and command p99 < {P99_MS:g} ms "
+                      f"(echo, {ECHO_CALLS} calls)")
+    cpu.axhline(REALISTIC_CPU_MS, color="black", ls="--", lw=1,
+                label=f"target: < {REALISTIC_CPU_MS:g} ms (realistic, {REALISTIC_CALLS} calls)")
     lat.set(xlabel="concurrent calls", ylabel="ms", title="latency", yscale="log")
     cpu.set(xlabel="concurrent calls", ylabel="ms CPU per call-second", title="CPU cost")
-    lat.legend(fontsize=7)
-    cpu.legend(fontsize=7)
     for ax in (lat, cpu):
         ax.grid(alpha=0.3)
+        handles, labels = ax.get_legend_handles_labels()
+        order = sorted(range(len(labels)), key=lambda i: labels[i] == SATURATED)  # it last
+        # Below the panel: the entries would hide the points.
+        ax.legend([handles[i] for i in order], [labels[i] for i in order], fontsize=6.5,
+                  loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")

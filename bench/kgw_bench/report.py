@@ -3,10 +3,11 @@
 Runs, against one broker it starts: the realistic workload (the headline:
 callers in turns, a TTS-like bot, paced playout) at several call counts; the
 echo workload (every chunk echoed, the stress case) with its ceilings at the
-same counts, the same with frame aggregation, two gateway processes sharing
-the calls, an RSS reading at 300 calls; and the capacity search for each
-workload. Every figure in the results file comes from this run; nothing is
-typed in by hand.
+same counts, the same with frame aggregation, one gateway run as
+``serve --workers 2`` at the middle count (against the one-worker echo row),
+an RSS reading at 300 calls; and the capacity search for each workload.
+Every figure in the results file comes from this run; nothing is typed in by
+hand.
 """
 
 from __future__ import annotations
@@ -80,11 +81,14 @@ def run_all(out: Path, seconds: float, calls: list[int], quick: bool) -> dict[st
         for n in calls:
             results["aggregated"].append(once(
                 Load(n, seconds, aggregate_ms=100, workload="echo"), True, f"n{n}-agg100"))
+        # One gateway, one worker (the echo row at the middle count) against the same
+        # gateway as `serve --workers 2`. Results from before this comparison have
+        # "split" (two gateway processes) instead; render reads either.
         mid = calls[len(calls) // 2]
-        results["split"] = {
+        results["workers"] = {
             "one": results["by_calls"][len(calls) // 2],
-            "two": once(Load(mid, seconds, gateways=2, workload="echo"), False,
-                        f"n{mid}-two-gateways"),
+            "two": once(Load(mid, seconds, workers=2, workload="echo"), False,
+                        f"n{mid}-two-workers"),
         }
         if not quick:
             results["rss_300"] = once(Load(300, min(seconds, 15), workload="echo"), False,

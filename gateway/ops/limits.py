@@ -40,7 +40,7 @@ MiB = 1024 * KiB
 # Linux x86-64): ``.venv/bin/python -c "import gateway.node, gateway.kafka.bus,
 # aiokafka, numpy, soxr, autobahn, twisted"`` then VmRSS from /proc/self/status:
 # 75.9 MiB (three runs, 77688-77732 kB). bench/RESULTS.md reports an idle
-# serving node at 72.8 MiB (74560 kB). Rounded up generously to 128 MiB: the
+# serving node at 83.2 MiB (85172 kB). Rounded up generously to 128 MiB: the
 # rest covers the running reactor, asyncio loop, Kafka clients' metadata, the
 # metrics registry, allocator fragmentation and kernel socket buffers.
 BASE_BYTES = 128 * MiB

@@ -1,9 +1,13 @@
 """How many calls a node can carry on its CPU, from the benchmark's measured figures (pure).
 
 The figures are copied from ``bench/RESULTS.md`` (``make bench-report``), table
-"Gateway and ceilings, one record per 20 ms frame (the default)", row ``50``
-calls: the largest load measured with no frame lost (at 100 calls the gateway
-used 0.95 of a core and lost 11162 frames: saturated). ``tests/test_sizing.py``
+"Echo workload: gateway and ceilings, one record per 20 ms frame (the default)",
+row ``100`` calls: the largest load measured with no frame lost (at 200 calls
+the gateway used 0.98 of a core and lost 47209 frames: saturated). The echo
+workload answers every caller frame, the most a bot can ask of a node; the
+realistic workload (a TTS-like bot in turns) costs less per call at the same
+load (5.29 ms per call-second at 100 calls), so sizing on echo leaves headroom
+for any bot. ``tests/test_sizing.py``
 reads that row back from the results file and fails when they differ, and checks
 the deploy manifests' CPU and ``KGW_MAX_SOCKETS`` against them.
 
@@ -25,14 +29,14 @@ import math
 RESULTS_FILE = "bench/RESULTS.md"
 
 # The row of RESULTS_FILE the figures come from (its "calls" column).
-MEASURED_CALLS = 50
-# "gateway ms CPU per call-s" at MEASURED_CALLS: 50 x 18.04 = 902 ms a second,
-# 0.90 of a core (the row's "cores" column says 0.90 too).
-CPU_MS_PER_CALL_S = 18.04
+MEASURED_CALLS = 100
+# "gateway ms CPU per call-s" at MEASURED_CALLS: 100 x 8.46 = 846 ms a second,
+# 0.85 of a core (the row's "cores" column says 0.85 too).
+CPU_MS_PER_CALL_S = 8.46
 # "RSS KB per call" at MEASURED_CALLS (KB = 1024 bytes: the results' RSS is /proc's kB).
-RSS_KB_PER_CALL = 89.8
+RSS_KB_PER_CALL = 31.4
 # "Memory at 300 calls": idle serving node, before any call.
-IDLE_RSS_KB = 74560
+IDLE_RSS_KB = 85172
 
 # The node is one Python thread (Twisted and aiokafka on one asyncio loop):
 # CPU beyond one core is not used, so more calls need more nodes, not more CPU.
