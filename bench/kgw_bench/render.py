@@ -262,17 +262,14 @@ def _targets(res: dict[str, Any]) -> list[str]:
 
 def _workers(res: dict[str, Any]) -> list[str]:
     """One gateway with one worker against the same as `serve --workers 2`."""
-    if "workers" in res:
-        one, two = res["workers"]["one"], res["workers"]["two"]
-        head = "## One worker or two (echo workload)"
-        labels = ("one gateway, one worker", f"`serve --workers {two.get('workers', 2)}`")
-        text = (f"{one['calls']} calls through one gateway: as one worker, then as "
-                f"`serve --workers {two.get('workers', 2)}` (the workers' CPU together, the "
-                "supervisor's excluded, over the same call-seconds).")
-    else:
+    if "workers" not in res:
         return []
+    one, two = res["workers"]["one"], res["workers"]["two"]
+    serve = f"`serve --workers {two.get('workers', 2)}`"
     return [
-        head, "", text, "",
+        "## One worker or two (echo workload)", "",
+        f"{one['calls']} calls through one gateway: as one worker, then as {serve} (the "
+        "workers' CPU together, the supervisor's excluded, over the same call-seconds).", "",
         "| gateway | calls | ms CPU per call-s | frames lost | inbound p50 ms "
         "| inbound p99 ms | command p99 ms |",
         "|---|---|---|---|---|---|---|",
@@ -280,7 +277,7 @@ def _workers(res: dict[str, Any]) -> list[str]:
           f"| {r['frames_lost']}{' (saturated)' if r['frames_lost'] else ''} "
           f"| {_f(r['inbound_p50_ms'])} | {_f(r['inbound_p99_ms'])} "
           f"| {_f(r['command_p99_ms'])} |"
-          for label, r in zip(labels, (one, two), strict=True)],
+          for label, r in (("one gateway, one worker", one), (serve, two))],
         "",
     ]
 

@@ -82,8 +82,7 @@ def run_all(out: Path, seconds: float, calls: list[int], quick: bool) -> dict[st
             results["aggregated"].append(once(
                 Load(n, seconds, aggregate_ms=100, workload="echo"), True, f"n{n}-agg100"))
         # One gateway, one worker (the echo row at the middle count) against the same
-        # gateway as `serve --workers 2`. Results from before this comparison have
-        # "split" (two gateway processes) instead; render reads either.
+        # gateway as `serve --workers 2`.
         mid = calls[len(calls) // 2]
         results["workers"] = {
             "one": results["by_calls"][len(calls) // 2],
